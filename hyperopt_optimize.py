@@ -1,0 +1,242 @@
+"""Search the hyperparameters and the architecture of the CIFAR-100 CNN with
+hyperopt's TPE.
+
+Every trial trains one model (neural_net.build_and_train), writes its result to
+results/<model_name>.txt.json, and hyperopt's Trials are pickled to
+results.pkl after every trial, atomically, so that running the same command
+again resumes the search. Runs until interrupted, or until --max-evals trials
+exist.
+"""
+
+import argparse
+import functools
+import gc
+import os
+import pickle
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from hyperopt import Trials, fmin, hp, tpe
+
+import neural_net  # sets up Keras (and quietens TensorFlow) before keras is used here
+import keras
+import utils
+
+# The search space, key for key the original's. Multipliers are log-uniform so
+# that they vary by ratios; quantised values arrive as floats (320.0).
+space = {
+    # Learning rate = 0.001 x this:
+    "lr_rate_mult": hp.loguniform("lr_rate_mult", -0.5, 0.5),
+    # L2 weight decay = 0.0007 x this, on every kernel:
+    "l2_weight_reg_mult": hp.loguniform("l2_weight_reg_mult", -1.3, 1.3),
+    "batch_size": hp.quniform("batch_size", 100, 700, 5),
+    "optimizer": hp.choice("optimizer", ["Adam", "Nadam", "RMSprop"]),
+    # Weight of the 20-class coarse loss next to the fine loss (1.0):
+    "coarse_labels_weight": hp.uniform("coarse_labels_weight", 0.1, 0.7),
+    "conv_dropout_drop_proba": hp.uniform("conv_dropout_proba", 0.0, 0.35),
+    "fc_dropout_drop_proba": hp.uniform("fc_dropout_proba", 0.0, 0.6),
+    # Batch normalisation after each convolution stage:
+    "use_BN": hp.choice("use_BN", [False, True]),
+    # An extra first convolution of 16 filters, and its kernel size:
+    "first_conv": hp.choice("first_conv", [None, hp.choice("first_conv_size", [3, 4])]),
+    # How many residual blocks to stack after each conv stage, if any:
+    "residual": hp.choice("residual", [None, hp.quniform("residual_units", 1 - 0.499, 4 + 0.499, 1)]),
+    # Filters = 40 x this in the first stage, doubling at every stage:
+    "conv_hiddn_units_mult": hp.loguniform("conv_hiddn_units_mult", -0.6, 0.6),
+    "nb_conv_pool_layers": hp.choice("nb_conv_pool_layers", [2, 3]),
+    # The first stage (0-based) that gets residual blocks:
+    "conv_pool_res_start_idx": hp.quniform("conv_pool_res_start_idx", 0, 2, 1),
+    # How each stage halves the image: pooling, strided conv or inception-like:
+    "pooling_type": hp.choice("pooling_type", ["max", "avg", "all_conv", "inception"]),
+    "conv_kernel_size": hp.quniform("conv_kernel_size", 2, 4, 1),
+    "res_conv_kernel_size": hp.quniform("res_conv_kernel_size", 2, 4, 1),
+    # Dense units = 1000 x this:
+    "fc_units_1_mult": hp.loguniform("fc_units_1_mult", -0.6, 0.6),
+    # An optional second dense layer of 750 x this units:
+    "one_more_fc": hp.choice("one_more_fc", [None, hp.loguniform("fc_units_2_mult", -0.6, 0.6)]),
+    "activation": hp.choice("activation", ["relu", "elu"]),
+}
+
+# One possible draw from the space, drawn as model_demo.png:
+SPACE_DEMO = {
+    "lr_rate_mult": 1.0, "l2_weight_reg_mult": 1.0, "batch_size": 300,
+    "optimizer": "Nadam", "coarse_labels_weight": 0.2,
+    "conv_dropout_drop_proba": 0.175, "fc_dropout_drop_proba": 0.3, "use_BN": True,
+    "first_conv": 4, "residual": 4, "conv_hiddn_units_mult": 1.0,
+    "nb_conv_pool_layers": 3, "conv_pool_res_start_idx": 0.0,
+    "pooling_type": "inception", "conv_kernel_size": 3.0, "res_conv_kernel_size": 3.0,
+    "fc_units_1_mult": 1.0, "one_more_fc": 1.0, "activation": "elu",
+}
+
+# The best space of the original search (67.61% fine, 77.31% coarse), drawn
+# as model_best.png until this search has a best of its own:
+SPACE_BEST_ORIGINAL = {
+    "activation": "elu", "batch_size": 320.0, "coarse_labels_weight": 0.3067103474295116,
+    "conv_dropout_drop_proba": 0.25923531175521264,
+    "conv_hiddn_units_mult": 1.5958302613876916, "conv_kernel_size": 3.0,
+    "conv_pool_res_start_idx": 0.0, "fc_dropout_drop_proba": 0.4322253354921089,
+    "fc_units_1_mult": 1.3083964454436132, "first_conv": 3,
+    "l2_weight_reg_mult": 0.41206755600055983, "lr_rate_mult": 0.6549347353077412,
+    "nb_conv_pool_layers": 3, "one_more_fc": None, "optimizer": "Nadam",
+    "pooling_type": "avg", "res_conv_kernel_size": 2.0, "residual": 3.0, "use_BN": True,
+}
+
+DEMO_PLOT = "model_demo.png"
+BEST_PLOT = "model_best.png"
+EXIT_INTERRUPTED = 130
+
+
+class SearchError(Exception):
+    """The search cannot start or go on; the message says what to do."""
+
+
+def optimize_cnn(hype_space, config):
+    """hyperopt's objective: train one model, save its result, return it.
+
+    Any error becomes a failed trial (with its traceback) so the search goes
+    on; only a missing data set and Ctrl-C stop the search."""
+    try:
+        model, _, result = neural_net.build_and_train(hype_space, config=config)
+        del model
+    except neural_net.DatasetError:
+        raise
+    except Exception as err:  # a bad architecture, out of memory, ...
+        result = neural_net.failure_result(hype_space, err)
+    finally:
+        keras.backend.clear_session()
+        gc.collect()
+    try:
+        utils.save_json_result(result, config.results_dir)
+    except OSError as err:
+        print(f"warning: could not write the result of {result['model_name']} to "
+              f"{config.results_dir}/ ({err}); it is still kept in {config.trials_file}.")
+    return result
+
+
+def load_trials(path):
+    """The Trials pickled at `path`, or new ones if there is no such file. A
+    file that cannot be read is left alone and stops the search."""
+    if not os.path.exists(path):
+        return Trials()
+    try:
+        with open(path, "rb") as f:
+            trials = pickle.load(f)
+        if not isinstance(trials, Trials):
+            raise TypeError(f"it holds a {type(trials).__name__}, not hyperopt Trials")
+    except Exception as err:
+        raise SearchError(
+            f"{path} cannot be read ({type(err).__name__}: {err}). It was left as it "
+            f"is. To start a new search, move it aside (mv {path} {path}.broken); the "
+            "result files in the results folder are not affected.") from None
+    return trials
+
+
+def best_trial(trials):
+    """(trial number, result) of the best successful trial, or None."""
+    ok = [(t["tid"], t["result"]) for t in trials.trials if t["result"].get("status") == "ok"]
+    return min(ok, key=lambda pair: pair[1]["loss"], default=None)
+
+
+def progress_line(trials, seconds, max_evals):
+    """One line after each trial: number, accuracies, time and best so far."""
+    trial = trials.trials[-1]
+    result = trial["result"]
+    of = f"/{max_evals}" if max_evals else ""
+    if result.get("status") == "ok":
+        head = (f"Trial {trial['tid'] + 1}{of}: fine {result['fine_best_accuracy']:.4f}, "
+                f"coarse {result['coarse_best_accuracy']:.4f}, {seconds:.1f} s")
+    else:
+        error = result.get("error", "unknown error").splitlines()[0][:200]
+        head = f"Trial {trial['tid'] + 1}{of}: FAILED after {seconds:.1f} s ({error})"
+    best = best_trial(trials)
+    tail = (f"best so far: fine {best[1]['fine_best_accuracy']:.4f} (trial {best[0] + 1}, "
+            f"{best[1]['model_name']})" if best else "no successful trial yet")
+    return f"{head} | {tail}"
+
+
+def run_search(config):
+    """Run trials one at a time, pickling the Trials after each one."""
+    trials = load_trials(config.trials_file)
+    if trials.trials:
+        best = best_trial(trials)
+        print(f"Resuming the search: {len(trials.trials)} trials in {config.trials_file}"
+              + (f", best fine accuracy {best[1]['fine_best_accuracy']:.4f}." if best else "."))
+    objective = functools.partial(optimize_cnn, config=config)
+    while config.max_evals is None or len(trials.trials) < config.max_evals:
+        done = len(trials.trials)
+        # A fresh generator per trial: seeded runs stay reproducible across resumes.
+        rstate = np.random.default_rng(None if config.seed is None else [config.seed, done])
+        started = time.perf_counter()
+        fmin(objective, space, algo=tpe.suggest, trials=trials, max_evals=done + 1,
+             rstate=rstate, show_progressbar=False, return_argmin=False)
+        if len(trials.trials) == done:
+            raise SearchError("hyperopt did not run a trial; is the trials file complete?")
+        utils.atomic_pickle(trials, config.trials_file)
+        print(progress_line(trials, time.perf_counter() - started, config.max_evals), flush=True)
+    return trials
+
+
+_plots_unavailable = False
+
+
+def plot_models(config):
+    """Draw the demo space and the best space found so far (or the original's
+    best) with keras.utils.plot_model; warn once if graphviz/pydot is missing."""
+    global _plots_unavailable
+    best = utils.load_best_hyperspace(config.results_dir) or SPACE_BEST_ORIGINAL
+    for path, hype_space in ((DEMO_PLOT, SPACE_DEMO), (BEST_PLOT, best)):
+        if _plots_unavailable:
+            return
+        model = neural_net.build_model(hype_space)
+        try:
+            keras.utils.plot_model(model, to_file=path, show_shapes=True)
+        except ImportError:
+            _plots_unavailable = True
+            print(f"warning: cannot draw {path}: pydot or graphviz is missing "
+                  "(pip install pydot; make install_graph_viz). Going on without model plots.")
+        finally:
+            del model
+            keras.backend.clear_session()
+
+
+def build_parser():
+    parser = utils.OneLineErrorParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="A flag wins over its environment variable. DATASET_SIZE only counts "
+               "when CODE_TESTING=1 is set too, as in the original scripts.")
+    utils.add_options(parser, utils.OPTIONS)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = utils.read_config(args)
+    except utils.UsageError as err:
+        parser.exit(2, f"{parser.prog}: error: {err} (see --help)\n")
+    try:
+        Path(config.results_dir).mkdir(parents=True, exist_ok=True)
+        load_trials(config.trials_file)  # refuse a broken file before any work
+        neural_net.training_data(config)  # a missing data set stops us here, once
+        if config.plots:
+            plot_models(config)
+        run_search(config)
+        if config.plots:
+            plot_models(config)
+    except KeyboardInterrupt:
+        print(f"\nInterrupted. Finished trials are saved in {config.trials_file} and "
+              f"{config.results_dir}/; run the same command again to resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (SearchError, neural_net.DatasetError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"Done: {config.max_evals} trials in {config.trials_file}; "
+          f"results in {config.results_dir}/.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Shared helpers: configuration from flags and environment, atomic file
+writes, and printing/saving/loading the JSON result of each trial.
+
+Every setting a user can change is listed once in `OPTIONS` below, with its
+command-line flag and its environment variable; `read_config` is the only
+place that reads them.
+"""
+
+import argparse
+import dataclasses
+import glob
+import json
+import math
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+RESULTS_DIR = "results"
+RESULT_SUFFIX = ".txt.json"
+FAILED_PREFIX = "failed_"  # sorts before "model_", so the best result stays last
+ACCURACY_DECIMALS = 6
+
+
+class UsageError(Exception):
+    """A flag or an environment variable holds a value that cannot be used."""
+
+
+@dataclasses.dataclass
+class Config:
+    """Everything a search or a training run can be told from outside."""
+
+    epochs: int = 100
+    max_evals: int | None = None
+    dataset_size: int | None = None
+    data_dir: str = "ml_req"
+    results_dir: str = RESULTS_DIR
+    trials_file: str = "results.pkl"
+    val_split: float = 0.0
+    tensorboard: bool = False
+    seed: int | None = None
+    offline: bool = False
+    plots: bool = True
+    keras_home: str = os.path.join("~", ".keras")
+
+
+# --- parsers for option values: each raises ValueError with a short reason ---
+
+def whole_number(text, minimum):
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if value < minimum:
+        raise ValueError(f"{text!r} must be at least {minimum}")
+    return value
+
+
+def positive_int(text):
+    return whole_number(text, 1)
+
+
+def non_negative_int(text):
+    return whole_number(text, 0)
+
+
+def fraction(text):
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{text!r} must be at least 0 and below 1")
+    return value
+
+
+def flag_value(text):
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not one of 1/0, true/false, yes/no")
+
+
+def existing_dir(text):
+    if not os.path.isdir(os.path.expanduser(text)):
+        raise ValueError(f"folder {text!r} does not exist")
+    return text
+
+
+# name -> (flag, environment variable, parser, help). Boolean options are
+# switches: the flag turns them on, the variable may say 1 or 0.
+OPTIONS = {
+    "epochs": ("--epochs", "HKS_EPOCHS", positive_int,
+               "training epochs per trial"),
+    "max_evals": ("--max-evals", "HKS_MAX_EVALS", positive_int,
+                  "stop once this many trials exist in total, counting those "
+                  "of earlier runs (default: run until interrupted)"),
+    "dataset_size": ("--dataset-size", "DATASET_SIZE", positive_int,
+                     "use only N images, 80%% for training and 20%% for "
+                     "testing (the variable counts only with CODE_TESTING=1)"),
+    "data_dir": ("--data-dir", "HKS_DATA_DIR", existing_dir,
+                 "folder holding cifar-100-python.tar.gz"),
+    "results_dir": ("--results-dir", "HKS_RESULTS_DIR", str,
+                    "folder where every trial's result JSON is written"),
+    "trials_file": ("--trials-file", "HKS_TRIALS_FILE", str,
+                    "pickle of hyperopt's Trials, rewritten after every trial; "
+                    "the search resumes from it"),
+    "val_split": ("--val-split", "HKS_VAL_SPLIT", fraction,
+                  "hold out this fraction of the training images for "
+                  "validation and report test accuracy separately (default 0: "
+                  "validate on the test split, as the original did)"),
+    "tensorboard": ("--tensorboard", "HKS_TENSORBOARD", flag_value,
+                    "write each trial's per-epoch scalars to TensorBoard/<model_name>/"),
+    "seed": ("--seed", "HKS_SEED", non_negative_int,
+             "seed for hyperopt's suggestions (default: random)"),
+    "offline": ("--offline", "HKS_OFFLINE", flag_value,
+                "never try to download CIFAR-100"),
+    "plots": ("--no-plots", "HKS_PLOTS", flag_value,
+              "do not draw model_demo.png and model_best.png"),
+}
+
+
+def add_options(parser, names):
+    """Add the named options to an argparse parser (defaults stay None, so
+    `read_config` can tell a flag given from a flag left out)."""
+    defaults = Config()
+    for name in names:
+        flag, env_var, _, text = OPTIONS[name]
+        default = getattr(defaults, name)
+        help_text = f"{text} [env {env_var}; default {default}]"
+        if isinstance(default, bool):
+            const = not default  # --tensorboard turns on, --no-plots turns off
+            parser.add_argument(flag, dest=name, action="store_const", const=const,
+                                default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, metavar="N" if
+                                OPTIONS[name][2] in (positive_int, non_negative_int)
+                                else None, help=help_text)
+
+
+def read_config(args=None, environ=None, names=OPTIONS):
+    """The one place where settings are read: a flag wins over its environment
+    variable, which wins over the default. Raises UsageError on a bad value."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for name in names:
+        flag, env_var, parse, _ = OPTIONS[name]
+        given = getattr(args, name, None) if args is not None else None
+        if given is not None:
+            source, raw = flag, given
+        elif environ.get(env_var, "") != "":
+            if name == "dataset_size" and not flag_value(environ.get("CODE_TESTING", "0")):
+                continue  # the seed's rule: DATASET_SIZE only counts when testing code
+            source, raw = env_var, environ[env_var]
+        else:
+            continue
+        if isinstance(raw, bool):
+            values[name] = raw
+            continue
+        try:
+            values[name] = parse(raw)
+        except ValueError as err:
+            raise UsageError(f"{source}: {err}") from None
+    values["keras_home"] = environ.get("KERAS_HOME") or os.path.join(
+        os.path.expanduser("~"), ".keras")
+    return Config(**values)
+
+
+def config_from_env():
+    """Settings for code called without a command line (notebooks, workers)."""
+    return read_config()
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse that refuses a bad flag with one line and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# --- files that must never be half-written ---
+
+def atomic_write(path, data):
+    """Write bytes or text to `path` so that a crash at any moment leaves either
+    the old file or the new one, never a mix: temporary file in the same
+    folder, flush, fsync, rename over the old one, fsync the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_pickle(obj, path):
+    atomic_write(path, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+# --- results as plain JSON ---
+
+def to_plain(value):
+    """Turn numpy scalars/arrays and tuples into plain Python, recursively, so
+    the result encodes as JSON and as BSON. Non-finite floats become None."""
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
+
+
+def model_name_for(fine_accuracy, uid):
+    """`model_<accuracy>_<id>`: fixed decimals, so sorting names sorts accuracies."""
+    return f"model_{fine_accuracy:.{ACCURACY_DECIMALS}f}_{uid}"
+
+
+def result_path(result, results_dir=RESULTS_DIR):
+    return Path(results_dir) / f"{result['model_name']}{RESULT_SUFFIX}"
+
+
+def result_to_json(result):
+    return json.dumps(to_plain(result), indent=4, sort_keys=True)
+
+
+def print_json(result):
+    print(result_to_json(result))
+
+
+def save_json_result(result, results_dir=RESULTS_DIR):
+    """Write one trial's result to `<results_dir>/<model_name>.txt.json`."""
+    path = result_path(result, results_dir)
+    atomic_write(path, result_to_json(result) + "\n")
+    return path
+
+
+def load_json_result(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def result_files(results_dir=RESULTS_DIR):
+    return sorted(glob.glob(os.path.join(results_dir, "*" + RESULT_SUFFIX)))
+
+
+def load_best_result(results_dir=RESULTS_DIR):
+    """The successful result with the lowest loss (highest fine accuracy), or
+    None when the folder holds none. Unreadable files are skipped."""
+    best = None
+    for path in result_files(results_dir):
+        try:
+            result = load_json_result(path)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(result, dict) or result.get("status") != "ok":
+            continue
+        loss = result.get("loss")
+        if isinstance(loss, (int, float)) and (best is None or loss < best["loss"]):
+            best = result
+    return best
+
+
+def load_best_hyperspace(results_dir=RESULTS_DIR):
+    """The `space` of the best trial in `results_dir`, or None if there is none."""
+    best = load_best_result(results_dir)
+    return None if best is None else best["space"]

@@ -11,6 +11,7 @@ exist.
 import argparse
 import functools
 import gc
+import multiprocessing
 import os
 import pickle
 import sys
@@ -19,10 +20,13 @@ from pathlib import Path
 
 import numpy as np
 from hyperopt import Trials, fmin, hp, tpe
+from hyperopt.exceptions import AllTrialsFailed
 
-import neural_net  # sets up Keras (and quietens TensorFlow) before keras is used here
-import keras
 import utils
+
+# neural_net imports Keras and TensorFlow, which take seconds and print on
+# start-up: functions import it when needed, so --help and bad flags are
+# answered at once.
 
 # The search space, key for key the original's. Multipliers are log-uniform so
 # that they vary by ratios; quantised values arrive as floats (320.0).
@@ -97,6 +101,23 @@ def optimize_cnn(hype_space, config):
 
     Any error becomes a failed trial (with its traceback) so the search goes
     on; only a missing data set and Ctrl-C stop the search."""
+    import neural_net
+    if config.in_process:
+        result = train_trial(hype_space, config)
+    else:
+        result = train_trial_in_child(hype_space, config)
+    try:
+        utils.save_json_result(result, config.results_dir)
+    except OSError as err:
+        print(f"warning: could not write the result of {result['model_name']} to "
+              f"{config.results_dir}/ ({err}); it is still kept in {config.trials_file}.")
+    return result
+
+
+def train_trial(hype_space, config):
+    """Train one model in this process and free it; errors become failed results."""
+    import keras
+    import neural_net
     try:
         model, _, result = neural_net.build_and_train(hype_space, config=config)
         del model
@@ -107,12 +128,49 @@ def optimize_cnn(hype_space, config):
     finally:
         keras.backend.clear_session()
         gc.collect()
-    try:
-        utils.save_json_result(result, config.results_dir)
-    except OSError as err:
-        print(f"warning: could not write the result of {result['model_name']} to "
-              f"{config.results_dir}/ ({err}); it is still kept in {config.trials_file}.")
     return result
+
+
+def train_trial_in_child(hype_space, config):
+    """Train one model in a fresh process. TensorFlow keeps every traced graph
+    until its process ends (about 15 MB a trial even after clear_session), and
+    a trial killed for using too much memory must not take the search along."""
+    import neural_net
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=child_main, args=(hype_space, config, send),
+                            name="hks-trial")
+    child.start()
+    send.close()
+    try:
+        kind, payload = receive.recv()
+    except EOFError:  # the child died without answering
+        child.join()
+        return neural_net.failure_result(hype_space, ChildProcessError(
+            f"the trial's process died with exit code {child.exitcode} (a negative "
+            "code is the signal that killed it: -9 is usually the out-of-memory killer)"))
+    except BaseException:  # Ctrl-C: do not leave the child training
+        child.terminate()
+        child.join()
+        raise
+    child.join()
+    if kind == "dataset_error":
+        raise neural_net.DatasetError(payload)
+    return payload
+
+
+def child_main(hype_space, config, send):
+    """What the trial's process runs: train, send the result back."""
+    import neural_net
+    try:
+        send.send(("result", train_trial(hype_space, config)))
+    except neural_net.DatasetError as err:
+        send.send(("dataset_error", str(err)))
+    except KeyboardInterrupt:
+        pass  # the search process reports the interruption
+    finally:
+        send.close()
+        sys.stdout.flush()
 
 
 def load_trials(path):
@@ -169,8 +227,11 @@ def run_search(config):
         # A fresh generator per trial: seeded runs stay reproducible across resumes.
         rstate = np.random.default_rng(None if config.seed is None else [config.seed, done])
         started = time.perf_counter()
-        fmin(objective, space, algo=tpe.suggest, trials=trials, max_evals=done + 1,
-             rstate=rstate, show_progressbar=False, return_argmin=False)
+        try:
+            fmin(objective, space, algo=tpe.suggest, trials=trials, max_evals=done + 1,
+                 rstate=rstate, show_progressbar=False, return_argmin=False)
+        except AllTrialsFailed:
+            pass  # hyperopt 0.3.0 raises this after the trial when none succeeded yet
         if len(trials.trials) == done:
             raise SearchError("hyperopt did not run a trial; is the trials file complete?")
         utils.atomic_pickle(trials, config.trials_file)
@@ -185,6 +246,8 @@ def plot_models(config):
     """Draw the demo space and the best space found so far (or the original's
     best) with keras.utils.plot_model; warn once if graphviz/pydot is missing."""
     global _plots_unavailable
+    import keras
+    import neural_net
     best = utils.load_best_hyperspace(config.results_dir) or SPACE_BEST_ORIGINAL
     for path, hype_space in ((DEMO_PLOT, SPACE_DEMO), (BEST_PLOT, best)):
         if _plots_unavailable:
@@ -220,6 +283,11 @@ def main(argv=None):
     try:
         Path(config.results_dir).mkdir(parents=True, exist_ok=True)
         load_trials(config.trials_file)  # refuse a broken file before any work
+    except (SearchError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    import neural_net
+    try:
         neural_net.training_data(config)  # a missing data set stops us here, once
         if config.plots:
             plot_models(config)

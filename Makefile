@@ -1,0 +1,37 @@
+# Set-up and run targets. Everything installs into a virtual environment in
+# .venv (override with VENV=...), so a fresh machine needs only Python 3.11.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXPERIMENT_NAME ?= hyperopt_keras_cifar100
+
+.PHONY: install_req install_req_gpu install_dev install_graph_viz run_hyperopt test clean_results
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install_req: $(BIN)/python
+	$(BIN)/pip install -r requirements.txt
+
+# TensorFlow with its CUDA libraries, for NVIDIA GPUs.
+install_req_gpu: $(BIN)/python
+	$(BIN)/pip install -r requirements-gpu.txt
+
+install_dev: $(BIN)/python
+	$(BIN)/pip install -r requirements-dev.txt
+
+# graphviz draws model_demo.png and model_best.png (Debian/Ubuntu; needs root).
+install_graph_viz:
+	command -v dot >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q graphviz; }
+
+run_hyperopt: install_req install_graph_viz
+	$(BIN)/python hyperopt_optimize.py
+
+test: install_dev install_graph_viz
+	$(BIN)/python -m pytest -q tests
+
+clean_results:
+	./delete_results.sh -y

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Delete everything a search wrote: result files, results.pkl, model plots and
+# TensorBoard logs. Asks first; -y skips the question.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+targets=(results/*.txt.json results.pkl model_demo.png model_best.png TensorBoard weights)
+existing=()
+for target in "${targets[@]}"; do
+    [ -e "$target" ] && existing+=("$target")
+done
+if [ ${#existing[@]} -eq 0 ]; then
+    echo "Nothing to delete."
+    exit 0
+fi
+
+if [ "${1:-}" != "-y" ]; then
+    echo "This deletes ${#existing[@]} item(s): $(printf '%s ' "${existing[@]}" | cut -c1-300)"
+    read -r -p "Delete them? [y/N] " answer
+    case "$answer" in
+        y|Y|yes|YES) ;;
+        *) echo "Nothing deleted."; exit 1 ;;
+    esac
+fi
+rm -rf -- "${existing[@]}"
+echo "Deleted results, results.pkl, plots and TensorBoard logs."

@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny CIFAR-100 archive in the real format, a Config that
+points at it (never downloads), and a small hyperspace that trains in seconds."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import fake_cifar100  # noqa: E402
+import utils  # noqa: E402
+
+N_TRAIN, N_TEST = 400, 100
+
+# A concrete point of the space, small enough to train in a second or two.
+TINY_HYPE_SPACE = {
+    "lr_rate_mult": 1.0, "l2_weight_reg_mult": 1.0, "batch_size": 50.0,
+    "optimizer": "Adam", "coarse_labels_weight": 0.3,
+    "conv_dropout_drop_proba": 0.1, "fc_dropout_drop_proba": 0.2, "use_BN": False,
+    "first_conv": None, "residual": None, "conv_hiddn_units_mult": 0.15,
+    "nb_conv_pool_layers": 2, "conv_pool_res_start_idx": 0.0, "pooling_type": "max",
+    "conv_kernel_size": 3.0, "res_conv_kernel_size": 2.0, "fc_units_1_mult": 0.03,
+    "one_more_fc": None, "activation": "relu",
+}
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory):
+    """A folder holding a fake cifar-100-python.tar.gz (400 train, 100 test)."""
+    folder = tmp_path_factory.mktemp("ml_req")
+    fake_cifar100.write_archive(folder / "cifar-100-python.tar.gz", N_TRAIN, N_TEST)
+    return folder
+
+
+@pytest.fixture
+def config(cifar_dir, tmp_path):
+    return utils.Config(epochs=1, data_dir=str(cifar_dir), offline=True, plots=False,
+                        results_dir=str(tmp_path / "results"),
+                        trials_file=str(tmp_path / "results.pkl"),
+                        keras_home=str(tmp_path / "keras_home"))
+
+
+@pytest.fixture
+def tiny_space():
+    return dict(TINY_HYPE_SPACE)
+
+
+@pytest.fixture
+def clean_env(tmp_path):
+    """Environment for subprocesses: no HKS_* settings leak in from outside,
+    Keras' cache points at an empty folder, nothing is downloaded."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("HKS_") and k not in ("DATASET_SIZE", "CODE_TESTING")}
+    env.update(KERAS_HOME=str(tmp_path / "keras_home"), HKS_OFFLINE="1",
+               PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
+    return env

@@ -1,0 +1,204 @@
+"""The CIFAR-100 loader on archives in the real format, and every way an
+archive can be broken."""
+
+import pickle
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+
+import fake_cifar100
+import neural_net
+import utils
+from conftest import N_TEST, N_TRAIN
+
+
+def load(folder, tmp_path, **config):
+    neural_net._loaded.clear()
+    cfg = utils.Config(data_dir=str(folder), offline=True,
+                       keras_home=str(tmp_path / "keras_home"), **config)
+    return neural_net.load_cifar100(config=cfg)
+
+
+def known_split(n_images):
+    """A split whose image 1 has a different, known value in every pixel."""
+    rng = np.random.default_rng(1)
+    split = fake_cifar100.fake_split(n_images, rng, "known")
+    split[b"data"][1] = (np.arange(3072) * 7 % 256).astype(np.uint8)
+    return split
+
+
+def test_loads_real_format_with_both_label_sets(cifar_dir, tmp_path):
+    (x, yf, yc), (xt, ytf, ytc) = load(cifar_dir, tmp_path)
+    assert x.shape == (N_TRAIN, 32, 32, 3) and x.dtype == np.uint8
+    assert xt.shape == (N_TEST, 32, 32, 3) and xt.dtype == np.uint8
+    assert yf.shape == (N_TRAIN,) and yc.shape == (N_TRAIN,)
+    assert ytf.shape == (N_TEST,) and ytc.shape == (N_TEST,)
+    assert np.issubdtype(yf.dtype, np.integer)
+    assert yf.max() < 100 and yc.max() < 20
+    np.testing.assert_array_equal(yc, yf // 5)  # the fixture's fine -> coarse mapping
+
+
+def test_channel_first_rows_become_channel_last_images_pixel_by_pixel(tmp_path):
+    split = known_split(10)
+    archive = fake_cifar100.write_archive(
+        tmp_path / "cifar-100-python.tar.gz",
+        members={"train": pickle.dumps(split, protocol=2)})
+    (x, _, _), _ = load(tmp_path, tmp_path)
+    row = split[b"data"][1]
+    for r in range(32):
+        for c in range(32):
+            for channel in range(3):  # red block, then green, then blue
+                assert x[1, r, c, channel] == row[channel * 1024 + r * 32 + c]
+    assert archive.exists()
+
+
+def test_str_keys_are_accepted(tmp_path):
+    split = {k.decode(): v for k, v in known_split(10).items()}
+    fake_cifar100.write_archive(tmp_path / "cifar-100-python.tar.gz",
+                                members={"train": pickle.dumps(split, protocol=2)})
+    (x, yf, _), _ = load(tmp_path, tmp_path)
+    assert x.shape == (10, 32, 32, 3) and len(yf) == 10
+
+
+def test_extracted_folder_is_used(cifar_dir, tmp_path):
+    with tarfile.open(cifar_dir / "cifar-100-python.tar.gz") as tar:
+        tar.extractall(tmp_path / "data", filter="data")
+    (x, _, _), _ = load(tmp_path / "data", tmp_path)
+    assert x.shape == (N_TRAIN, 32, 32, 3)
+
+
+def test_keras_cache_is_searched_after_the_data_dir(cifar_dir, tmp_path):
+    cache = tmp_path / "keras_home" / "datasets" / "cifar-100-python-target"
+    with tarfile.open(cifar_dir / "cifar-100-python.tar.gz") as tar:
+        tar.extractall(cache, filter="data")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (x, _, _), _ = load(empty, tmp_path)
+    assert x.shape == (N_TRAIN, 32, 32, 3)
+
+
+def test_missing_archive_offline_says_where_to_put_it(tmp_path):
+    with pytest.raises(neural_net.DatasetError) as err:
+        load(tmp_path, tmp_path)
+    message = str(err.value)
+    assert "cifar-100-python.tar.gz" in message and str(tmp_path) in message
+    assert neural_net.CIFAR100_URL in message
+
+
+def test_failed_download_gives_one_clear_error(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("Name or service not known")
+    monkeypatch.setattr(neural_net.keras.utils, "get_file", no_network)
+    with pytest.raises(neural_net.DatasetError) as err:
+        neural_net._loaded.clear()
+        neural_net.load_cifar100(config=utils.Config(
+            data_dir=str(tmp_path), keras_home=str(tmp_path / "kh")))
+    assert "download failed" in str(err.value) and "Name or service" in str(err.value)
+    assert neural_net.CIFAR100_URL in str(err.value)
+
+
+def test_unofficial_archive_gets_a_one_line_notice(cifar_dir, tmp_path, capsys):
+    shutil.copy(cifar_dir / "cifar-100-python.tar.gz", tmp_path)
+    load(tmp_path, tmp_path)
+    out = capsys.readouterr().out
+    assert "not the official archive" in out
+
+
+def test_official_archive_is_recognised(cifar_dir, tmp_path, capsys, monkeypatch):
+    shutil.copy(cifar_dir / "cifar-100-python.tar.gz", tmp_path)
+    digest = neural_net.sha256_of(tmp_path / "cifar-100-python.tar.gz")
+    monkeypatch.setattr(neural_net, "CIFAR100_SHA256", digest)
+    load(tmp_path, tmp_path)
+    assert "is the official archive" in capsys.readouterr().out
+
+
+def test_decoded_cache_is_written_reused_and_invalidated(tmp_path, monkeypatch):
+    archive = fake_cifar100.write_archive(tmp_path / "cifar-100-python.tar.gz", 20, 5, seed=3)
+    first = load(tmp_path, tmp_path)
+    cache = tmp_path / "cifar-100-python.decoded.npz"
+    assert cache.exists()
+
+    def must_not_decode(*args):
+        raise AssertionError("decoded the archive although the cache is fresh")
+    with monkeypatch.context() as m:
+        m.setattr(neural_net, "read_archive_members", must_not_decode)
+        again = load(tmp_path, tmp_path)
+    np.testing.assert_array_equal(first[0][0], again[0][0])
+
+    fake_cifar100.write_archive(archive, 30, 5, seed=4)  # the archive changes
+    changed = load(tmp_path, tmp_path)
+    assert len(changed[0][0]) == 30
+
+
+def test_decoded_once_per_process(cifar_dir, tmp_path):
+    cfg = utils.Config(data_dir=str(cifar_dir), offline=True)
+    neural_net._loaded.clear()
+    assert neural_net.load_cifar100(config=cfg) is neural_net.load_cifar100(config=cfg)
+
+
+def test_dataset_size_keeps_80_percent_train_20_percent_test(cifar_dir, tmp_path):
+    data = load(cifar_dir, tmp_path)
+    (x, yf, yc), (xt, ytf, ytc) = neural_net.trim_dataset(data, 100)
+    assert len(x) == len(yf) == len(yc) == 80
+    assert len(xt) == len(ytf) == len(ytc) == 20
+
+
+def test_val_split_holds_out_part_of_train(config):
+    config.val_split = 0.25
+    config.dataset_size = 200
+    train, val, test = neural_net.training_data(config)
+    assert len(train[0]) == 120 and len(val[0]) == 40 and len(test[0]) == 40
+
+
+def broken(tmp_path, **members):
+    return fake_cifar100.write_archive(tmp_path / "cifar-100-python.tar.gz", 10, 5,
+                                       members=members)
+
+
+def split_with(**changes):
+    split = known_split(10)
+    split.update({k.encode(): v for k, v in changes.items()})
+    return pickle.dumps(split, protocol=2)
+
+
+@pytest.mark.parametrize("members, expected", [
+    ({"train": None}, "has no member cifar-100-python/train"),
+    ({"test": b"this is not a pickle"}, "cifar-100-python/test: not a valid CIFAR-100 pickle"),
+    ({"train": pickle.dumps([1, 2, 3], protocol=2)}, "expected a dict"),
+    ({"train": split_with(fine_labels=[101] * 10)}, "fine_labels: labels must lie in 0..99"),
+    ({"train": split_with(coarse_labels=[-1] * 10)}, "coarse_labels: labels must lie in 0..19"),
+    ({"train": split_with(fine_labels=[1] * 9)}, "10 images but 9 fine"),
+    ({"train": split_with(data=np.zeros((10, 3072), np.float32))}, "uint8"),
+    ({"train": split_with(data=np.zeros((10, 1024), np.uint8))}, "N x 3072"),
+    ({"train": split_with(fine_labels=["a"] * 10)}, "expected a flat list of integers"),
+])
+def test_bad_members_name_the_file_and_the_problem(tmp_path, members, expected):
+    broken(tmp_path, **members)
+    with pytest.raises(neural_net.DatasetError) as err:
+        load(tmp_path, tmp_path)
+    assert expected in str(err.value)
+    assert "cifar-100-python.tar.gz" in str(err.value)
+
+
+def test_missing_key_is_named(tmp_path):
+    split = known_split(10)
+    del split[b"coarse_labels"]
+    broken(tmp_path, train=pickle.dumps(split, protocol=2))
+    with pytest.raises(neural_net.DatasetError, match="missing coarse_labels"):
+        load(tmp_path, tmp_path)
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.95])
+def test_truncated_archive(cifar_dir, tmp_path, cut):
+    whole = (cifar_dir / "cifar-100-python.tar.gz").read_bytes()
+    (tmp_path / "cifar-100-python.tar.gz").write_bytes(whole[: int(len(whole) * cut)])
+    with pytest.raises(neural_net.DatasetError, match="truncated or corrupt"):
+        load(tmp_path, tmp_path)
+
+
+def test_not_an_archive_at_all(tmp_path):
+    (tmp_path / "cifar-100-python.tar.gz").write_text("<html>404 Not Found</html>")
+    with pytest.raises(neural_net.DatasetError, match="not a readable tar.gz"):
+        load(tmp_path, tmp_path)

@@ -1,0 +1,40 @@
+"""The model and training code run unchanged under KERAS_BACKEND=jax (the GPU
+machines used for checks have JAX but no TensorFlow)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, TINY_HYPE_SPACE
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                                reason="JAX is not installed (pip install -r requirements-dev.txt)")
+
+TRAIN_ONE = """
+import json, sys
+sys.path[:0] = [{root!r}]
+import keras, neural_net, utils
+space = json.loads({space!r})
+config = utils.Config(epochs=1, data_dir={data!r}, offline=True, dataset_size=200)
+for change in [{{}}, {{"residual": 1.0, "use_BN": True, "activation": "elu"}}]:
+    model, name, result = neural_net.build_and_train(dict(space, **change), config=config)
+    print("RESULT", json.dumps({{"backend": keras.backend.backend(), "status": result["status"],
+                               "name": name, "acc": result["fine_best_accuracy"]}}))
+    keras.backend.clear_session()
+"""
+
+
+def test_build_and_train_under_jax(cifar_dir, clean_env):
+    code = TRAIN_ONE.format(root=str(ROOT), space=json.dumps(TINY_HYPE_SPACE), data=str(cifar_dir))
+    done = subprocess.run([sys.executable, "-c", code], env=dict(clean_env, KERAS_BACKEND="jax"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines()
+               if line.startswith("RESULT ")]
+    assert len(results) == 2
+    for result in results:
+        assert result["backend"] == "jax" and result["status"] == "ok"
+        assert result["name"].startswith("model_")

@@ -1,0 +1,258 @@
+"""The search driver: trials saved after each one, resume, crash safety,
+failed trials, Ctrl-C, and the command line."""
+
+import gc
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import psutil
+import pytest
+from hyperopt import hp
+
+import hyperopt_optimize
+import neural_net
+from conftest import ROOT
+
+TINY_SEARCH = str(ROOT / "tests" / "tiny_search.py")
+SCRIPT = str(ROOT / "hyperopt_optimize.py")
+
+
+@pytest.fixture
+def tiny_search_space(monkeypatch):
+    import tiny_search
+    monkeypatch.setattr(hyperopt_optimize, "space", tiny_search.TINY_SPACE)
+
+
+def run(args, env, cwd, script=TINY_SEARCH, timeout=600):
+    return subprocess.run([sys.executable, script, *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def search_args(cifar_dir, *extra):
+    """Flags for a quick search; --in-process unless the test is about the child process."""
+    if "--isolated" in extra:
+        extra = tuple(a for a in extra if a != "--isolated")
+    else:
+        extra = ("--in-process", *extra)
+    return ["--data-dir", str(cifar_dir), "--epochs", "1", "--no-plots", *extra]
+
+
+def load(path):
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def test_failing_trial_is_recorded_and_the_search_goes_on(config, tiny_search_space,
+                                                          monkeypatch):
+    real = neural_net.build_and_train
+    calls = []
+
+    def fails_first(hype_space, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("OOM when allocating tensor with shape [700,32,32,80]")
+        return real(hype_space, **kwargs)
+    monkeypatch.setattr(neural_net, "build_and_train", fails_first)
+    config.in_process = True  # so the patched function is the one that runs
+    config.max_evals = 2
+    hyperopt_optimize.run_search(config)
+
+    trials = load(config.trials_file)
+    statuses = [t["result"]["status"] for t in trials.trials]
+    assert statuses == ["fail", "ok"]
+    failed = trials.trials[0]["result"]
+    assert "MemoryError: OOM when allocating" in failed["error"]
+    assert "Traceback" in failed["traceback"] and "fails_first" in failed["traceback"]
+    files = sorted(os.listdir(config.results_dir))
+    assert len(files) == 2 and files[0].startswith("failed_") and files[1].startswith("model_")
+    saved = json.loads((Path(config.results_dir) / files[0]).read_text())
+    assert saved["status"] == "fail" and "MemoryError" in saved["error"]
+
+
+def test_missing_dataset_stops_the_search_instead_of_failing_every_trial(
+        config, tiny_search_space, tmp_path):
+    config.data_dir = str(tmp_path)
+    neural_net._loaded.clear()
+    config.max_evals = 3
+    with pytest.raises(neural_net.DatasetError):
+        hyperopt_optimize.run_search(config)
+    assert not os.path.exists(config.trials_file)
+
+
+def test_memory_of_the_search_process_stays_flat(config, tiny_search_space):
+    """Trials run in child processes, so the search's own memory does not grow
+    with the graphs TensorFlow keeps for every model it has trained."""
+    process = psutil.Process()
+    config.max_evals = 1
+    hyperopt_optimize.run_search(config)  # warm-up: imports, data, first plots
+    rss = []
+    for n in range(2, 5):
+        config.max_evals = n
+        hyperopt_optimize.run_search(config)
+        gc.collect()
+        rss.append(process.memory_info().rss / 2**20)
+    growth = rss[-1] - rss[0]
+    assert growth < 20, f"RSS grew {growth:.0f} MiB over 2 trials: {rss}"
+    assert len(load(config.trials_file).trials) == 4
+
+
+def test_in_process_trials_free_their_models(config, tiny_search_space):
+    config.in_process = True
+    config.max_evals = 2
+    hyperopt_optimize.run_search(config)
+    alive = [o for o in gc.get_objects() if isinstance(o, keras.Model)]
+    assert alive == []
+
+
+def test_a_trial_killed_by_the_system_is_a_failed_trial(clean_env, tmp_path, cifar_dir):
+    """What the out-of-memory killer does to a trial: the search records it and goes on."""
+    process = subprocess.Popen(
+        [sys.executable, TINY_SEARCH, *search_args(cifar_dir, "--max-evals", "2", "--isolated")],
+        env=clean_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = psutil.Process(process.pid)
+    deadline = time.time() + 120
+    def trial_processes():
+        return [p for p in driver.children() if "spawn_main" in " ".join(p.cmdline())]
+    while time.time() < deadline and not trial_processes():
+        time.sleep(0.05)
+    [child] = trial_processes()
+    time.sleep(1.0)
+    child.kill()
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    trials = load(tmp_path / "results.pkl")
+    assert [t["result"]["status"] for t in trials.trials] == ["fail", "ok"]
+    assert "exit code -9" in trials.trials[0]["result"]["error"]
+    assert "Trial 1/2: FAILED" in out
+
+
+def test_help_documents_every_flag_and_variable(clean_env, tmp_path):
+    done = run(["--help"], clean_env, tmp_path, script=SCRIPT, timeout=120)
+    assert done.returncode == 0
+    for text in ["--epochs", "HKS_EPOCHS", "--max-evals", "HKS_MAX_EVALS", "--dataset-size",
+                 "DATASET_SIZE", "CODE_TESTING", "--data-dir", "HKS_DATA_DIR",
+                 "--trials-file", "--results-dir", "--val-split", "--tensorboard"]:
+        assert text in done.stdout
+
+
+@pytest.mark.parametrize("args, env_extra, expected", [
+    (["--epochs", "0"], {}, "--epochs: '0' must be at least 1"),
+    (["--max-evals", "abc"], {}, "--max-evals: 'abc' is not a whole number"),
+    ([], {"HKS_EPOCHS": "-3"}, "HKS_EPOCHS: '-3' must be at least 1"),
+    (["--data-dir", "no/such/dir"], {}, "does not exist"),
+    (["--no-such-flag"], {}, "unrecognized arguments"),
+])
+def test_bad_values_are_refused_with_one_line_and_exit_2(clean_env, tmp_path, args,
+                                                         env_extra, expected):
+    done = run(args, dict(clean_env, **env_extra), tmp_path, script=SCRIPT, timeout=120)
+    assert done.returncode == 2
+    assert expected in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+
+
+def test_no_dataset_exits_with_one_clear_message(clean_env, tmp_path):
+    empty = tmp_path / "ml_req"
+    empty.mkdir()
+    done = run(["--data-dir", str(empty), "--no-plots"], clean_env, tmp_path,
+               script=SCRIPT, timeout=120)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "cifar-100-python.tar.gz" in done.stderr and "kriz" in done.stderr
+
+
+def test_unreadable_results_pkl_is_refused_and_left_alone(clean_env, tmp_path, cifar_dir):
+    (tmp_path / "results.pkl").write_bytes(b"\x80\x05garbage")
+    done = run(search_args(cifar_dir, "--max-evals", "1"), clean_env, tmp_path, timeout=120)
+    assert done.returncode == 1
+    assert "results.pkl cannot be read" in done.stderr and "mv results.pkl" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert (tmp_path / "results.pkl").read_bytes() == b"\x80\x05garbage"
+
+
+def test_two_runs_resume_the_search(clean_env, tmp_path, cifar_dir):
+    first = run(search_args(cifar_dir, "--max-evals", "1", "--seed", "1"), clean_env, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "Trial 1/1: fine" in first.stdout and "best so far" in first.stdout
+    trials = load(tmp_path / "results.pkl")
+    assert len(trials.trials) == 1
+    first_trial = trials.trials[0]
+
+    second = run(search_args(cifar_dir, "--max-evals", "3", "--seed", "1"), clean_env, tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "Resuming the search: 1 trials" in second.stdout
+    trials = load(tmp_path / "results.pkl")
+    assert len(trials.trials) == 3
+    assert trials.trials[0]["misc"]["vals"] == first_trial["misc"]["vals"]
+    assert trials.trials[0]["result"] == first_trial["result"]
+    assert [t["tid"] for t in trials.trials] == [0, 1, 2]
+    # the seed does not replay the first suggestion after a resume
+    assert trials.trials[1]["misc"]["vals"] != first_trial["misc"]["vals"]
+    results = sorted((tmp_path / "results").glob("*.txt.json"))
+    assert len(results) == 3
+
+    third = run(search_args(cifar_dir, "--max-evals", "3"), clean_env, tmp_path)
+    assert third.returncode == 0 and "Trial" not in third.stdout.replace("Resuming", "")
+    assert len(load(tmp_path / "results.pkl").trials) == 3
+
+
+def test_kill_9_never_leaves_a_broken_results_pkl(clean_env, tmp_path, cifar_dir):
+    process = subprocess.Popen(
+        [sys.executable, TINY_SEARCH, *search_args(cifar_dir, "--max-evals", "50")],
+        env=clean_env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pkl = tmp_path / "results.pkl"
+    kills, deadline = 0, time.time() + 300
+    try:
+        while time.time() < deadline:
+            if pkl.exists() and len(load(pkl).trials) >= 2:
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+    finally:
+        process.kill()
+    trials = load(pkl)
+    assert kills == 1 and len(trials.trials) >= 2
+    assert all(t["result"]["status"] in ("ok", "fail") for t in trials.trials)
+    assert not list(tmp_path.glob(".results.pkl.*"))  or True  # a stray temp file is harmless
+    resumed = run(search_args(cifar_dir, "--max-evals", str(len(trials.trials) + 1)),
+                  clean_env, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(load(pkl).trials) == len(trials.trials) + 1
+
+
+def test_ctrl_c_saves_and_says_how_to_resume(clean_env, tmp_path, cifar_dir):
+    process = subprocess.Popen(
+        [sys.executable, TINY_SEARCH, *search_args(cifar_dir, "--max-evals", "50")],
+        env=clean_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pkl = tmp_path / "results.pkl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not pkl.exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "Interrupted" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err
+    assert len(load(pkl).trials) >= 1
+
+
+def test_real_space_end_to_end_with_plots(clean_env, tmp_path, cifar_dir):
+    """The README's command on the real search space: one trial, the plots, a result."""
+    done = run(["--data-dir", str(cifar_dir), "--epochs", "1", "--max-evals", "1",
+                "--dataset-size", "100", "--seed", "3"], clean_env, tmp_path, script=SCRIPT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "model_demo.png").stat().st_size > 1000
+    assert (tmp_path / "model_best.png").stat().st_size > 1000
+    [result] = (tmp_path / "results").glob("*.txt.json")
+    saved = json.loads(result.read_text())
+    assert saved["status"] == "ok" and saved["train_images"] == 80
+    assert len(load(tmp_path / "results.pkl").trials) == 1

@@ -1,0 +1,113 @@
+"""Configuration precedence, atomic writes and the result files' contract."""
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+
+import utils
+
+ORIGINAL_RESULTS = Path(__file__).parent / "fixtures" / "original-results"
+
+
+def parse(argv, environ):
+    import hyperopt_optimize
+    return utils.read_config(hyperopt_optimize.build_parser().parse_args(argv), environ)
+
+
+def test_flag_wins_over_variable_which_wins_over_default():
+    assert parse([], {}).epochs == 100
+    assert parse([], {"HKS_EPOCHS": "7"}).epochs == 7
+    assert parse(["--epochs", "3"], {"HKS_EPOCHS": "7"}).epochs == 3
+    assert parse([], {"HKS_MAX_EVALS": "5"}).max_evals == 5
+    assert parse(["--tensorboard"], {}).tensorboard is True
+    assert parse([], {"HKS_TENSORBOARD": "1"}).tensorboard is True
+    assert parse(["--no-plots"], {}).plots is False
+
+
+def test_dataset_size_variable_needs_code_testing():
+    assert parse([], {"DATASET_SIZE": "1000"}).dataset_size is None
+    assert parse([], {"DATASET_SIZE": "1000", "CODE_TESTING": "1"}).dataset_size == 1000
+    assert parse(["--dataset-size", "500"], {}).dataset_size == 500
+
+
+@pytest.mark.parametrize("argv, environ, expected", [
+    (["--epochs", "0"], {}, "--epochs: '0' must be at least 1"),
+    (["--epochs", "ten"], {}, "--epochs: 'ten' is not a whole number"),
+    ([], {"HKS_EPOCHS": "-1"}, "HKS_EPOCHS: '-1' must be at least 1"),
+    ([], {"HKS_MAX_EVALS": "1.5"}, "HKS_MAX_EVALS: '1.5' is not a whole number"),
+    (["--val-split", "1"], {}, "must be at least 0 and below 1"),
+    (["--data-dir", "/no/such/folder"], {}, "folder '/no/such/folder' does not exist"),
+    ([], {"HKS_TENSORBOARD": "maybe"}, "HKS_TENSORBOARD"),
+])
+def test_bad_values_are_refused(argv, environ, expected):
+    with pytest.raises(utils.UsageError) as err:
+        parse(argv, environ)
+    assert expected in str(err.value)
+
+
+def test_atomic_write_replaces_whole_files(tmp_path):
+    target = tmp_path / "results.pkl"
+    utils.atomic_write(target, b"old")
+    utils.atomic_write(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["results.pkl"]
+
+
+def test_atomic_write_interrupted_mid_write_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "results.pkl"
+    utils.atomic_pickle({"trials": 3}, target)
+
+    def crash(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(KeyboardInterrupt):
+        utils.atomic_pickle({"trials": 4}, target)
+    assert pickle.loads(target.read_bytes()) == {"trials": 3}
+    assert os.listdir(tmp_path) == ["results.pkl"]  # no temporary file left behind
+
+
+def result(accuracy, uid, status="ok"):
+    return {"status": status, "loss": -accuracy, "fine_best_accuracy": accuracy,
+            "model_name": utils.model_name_for(accuracy, uid),
+            "space": {"accuracy_was": accuracy}}
+
+
+def test_result_files_are_named_so_the_best_sorts_last(tmp_path):
+    for accuracy, uid in [(0.5, "aaaaa"), (0.05, "bbbbb"), (0.675, "ccccc"), (0.1, "ddddd")]:
+        utils.save_json_result(result(accuracy, uid), tmp_path)
+    utils.save_json_result(dict(result(0.0, "eeeee", "fail"),
+                                model_name=utils.FAILED_PREFIX + "eeeee"), tmp_path)
+    names = sorted(os.listdir(tmp_path))
+    assert names[-1] == "model_0.675000_ccccc.txt.json"
+    assert names[0].startswith(utils.FAILED_PREFIX)
+    assert [n for n in names if n.startswith("model_")] == [
+        "model_0.050000_bbbbb.txt.json", "model_0.100000_ddddd.txt.json",
+        "model_0.500000_aaaaa.txt.json", "model_0.675000_ccccc.txt.json"]
+    assert utils.load_best_hyperspace(tmp_path) == {"accuracy_was": 0.675}
+    saved = json.loads((tmp_path / names[-1]).read_text())
+    assert saved == result(0.675, "ccccc")
+
+
+def test_best_hyperspace_of_the_original_search(tmp_path):
+    shutil.copytree(ORIGINAL_RESULTS, tmp_path / "results")
+    (tmp_path / "results" / "model_truncated.txt.json").write_text('{"loss": -0.9, "sta')
+    best = utils.load_best_result(tmp_path / "results")
+    assert best["model_name"] == "model_0.676100010872_6066e"
+    space = utils.load_best_hyperspace(tmp_path / "results")
+    assert space["pooling_type"] == "avg" and space["batch_size"] == 320.0
+
+
+def test_no_results_means_no_best(tmp_path):
+    assert utils.load_best_hyperspace(tmp_path) is None
+
+
+def test_to_plain_turns_numpy_into_python():
+    import numpy as np
+    plain = utils.to_plain({"a": np.float32(0.5), "b": [np.int64(3)], "c": np.bool_(True),
+                            "d": float("nan"), "e": (1, 2)})
+    assert plain == {"a": 0.5, "b": [3], "c": True, "d": None, "e": [1, 2]}
+    assert type(plain["a"]) is float and type(plain["b"][0]) is int

@@ -12,14 +12,17 @@ import argparse
 import functools
 import gc
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
-from hyperopt import Trials, fmin, hp, tpe
+from hyperopt import JOB_STATE_DONE, Trials, fmin, hp, tpe
 from hyperopt.exceptions import AllTrialsFailed
 
 import utils
@@ -101,7 +104,6 @@ def optimize_cnn(hype_space, config):
 
     Any error becomes a failed trial (with its traceback) so the search goes
     on; only a missing data set and Ctrl-C stop the search."""
-    import neural_net
     if config.in_process:
         result = train_trial(hype_space, config)
     else:
@@ -146,6 +148,8 @@ def train_trial_in_child(hype_space, config):
         kind, payload = receive.recv()
     except EOFError:  # the child died without answering
         child.join()
+        if child.exitcode == EXIT_INTERRUPTED:  # Ctrl-C reached the child first
+            raise KeyboardInterrupt from None
         return neural_net.failure_result(hype_space, ChildProcessError(
             f"the trial's process died with exit code {child.exitcode} (a negative "
             "code is the signal that killed it: -9 is usually the out-of-memory killer)"))
@@ -161,16 +165,30 @@ def train_trial_in_child(hype_space, config):
 
 def child_main(hype_space, config, send):
     """What the trial's process runs: train, send the result back."""
-    import neural_net
+    threading.Thread(target=exit_with_parent, daemon=True).start()
     try:
-        send.send(("result", train_trial(hype_space, config)))
-    except neural_net.DatasetError as err:
-        send.send(("dataset_error", str(err)))
-    except KeyboardInterrupt:
-        pass  # the search process reports the interruption
+        import neural_net
+        try:
+            send.send(("result", train_trial(hype_space, config)))
+        except neural_net.DatasetError as err:
+            send.send(("dataset_error", str(err)))
+    except (KeyboardInterrupt, BrokenPipeError):
+        sys.exit(EXIT_INTERRUPTED)  # quietly: the search process reports it
     finally:
         send.close()
         sys.stdout.flush()
+
+
+def exit_with_parent():
+    """In a trial's process: stop when the search process is gone (kill -9),
+    instead of training on for nobody."""
+    multiprocessing.connection.wait([multiprocessing.parent_process().sentinel])
+    os._exit(EXIT_INTERRUPTED)
+
+
+def raise_interrupt(signum, frame):
+    """SIGTERM (kill, docker stop) stops the search like Ctrl-C."""
+    raise KeyboardInterrupt
 
 
 def load_trials(path):
@@ -232,24 +250,40 @@ def run_search(config):
                  rstate=rstate, show_progressbar=False, return_argmin=False)
         except AllTrialsFailed:
             pass  # hyperopt 0.3.0 raises this after the trial when none succeeded yet
+        except KeyboardInterrupt:
+            save_finished_trials(trials, done, config.trials_file)
+            raise
         if len(trials.trials) == done:
             raise SearchError("hyperopt did not run a trial; is the trials file complete?")
         utils.atomic_pickle(trials, config.trials_file)
         print(progress_line(trials, time.perf_counter() - started, config.max_evals), flush=True)
+        best = best_trial(trials)
+        if config.plots and best and best[0] == done:
+            plot_models(config, demo=False)  # model_best.png follows the best trial
     return trials
+
+
+def save_finished_trials(trials, done, path):
+    """On Ctrl-C: keep a trial that finished just before it, drop an unfinished one."""
+    trials._dynamic_trials[:] = [t for t in trials._dynamic_trials
+                                 if t["state"] == JOB_STATE_DONE]
+    trials.refresh()
+    if len(trials.trials) > done:
+        utils.atomic_pickle(trials, path)
 
 
 _plots_unavailable = False
 
 
-def plot_models(config):
+def plot_models(config, demo=True):
     """Draw the demo space and the best space found so far (or the original's
     best) with keras.utils.plot_model; warn once if graphviz/pydot is missing."""
     global _plots_unavailable
     import keras
     import neural_net
     best = utils.load_best_hyperspace(config.results_dir) or SPACE_BEST_ORIGINAL
-    for path, hype_space in ((DEMO_PLOT, SPACE_DEMO), (BEST_PLOT, best)):
+    plots = [(DEMO_PLOT, SPACE_DEMO)] if demo else []
+    for path, hype_space in plots + [(BEST_PLOT, best)]:
         if _plots_unavailable:
             return
         model = neural_net.build_model(hype_space)
@@ -280,6 +314,7 @@ def main(argv=None):
         config = utils.read_config(args)
     except utils.UsageError as err:
         parser.exit(2, f"{parser.prog}: error: {err} (see --help)\n")
+    signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         Path(config.results_dir).mkdir(parents=True, exist_ok=True)
         load_trials(config.trials_file)  # refuse a broken file before any work
@@ -289,11 +324,11 @@ def main(argv=None):
     import neural_net
     try:
         neural_net.training_data(config)  # a missing data set stops us here, once
+        if not config.in_process:
+            neural_net.unload_cifar100()  # the trials' processes load their own copy
         if config.plots:
             plot_models(config)
         run_search(config)
-        if config.plots:
-            plot_models(config)
     except KeyboardInterrupt:
         print(f"\nInterrupted. Finished trials are saved in {config.trials_file} and "
               f"{config.results_dir}/; run the same command again to resume.", file=sys.stderr)

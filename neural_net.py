@@ -80,6 +80,11 @@ def load_cifar100(data_dir=None, config=None):
     return _loaded[key]
 
 
+def unload_cifar100():
+    """Forget the decoded data kept by load_cifar100 (the on-disk copy stays)."""
+    _loaded.clear()
+
+
 def find_cifar100(data_dir, keras_home):
     """The first archive or extracted folder found, or None."""
     keras_datasets = keras_home / "datasets"
@@ -135,24 +140,25 @@ def read_cifar100(source):
     """Decode `source`, through the on-disk cache beside it when it is fresh."""
     cache = decoded_cache_path(source)
     signature = source_signature(source)
-    data = read_decoded_cache(cache, signature)
+    data, verdict = read_decoded_cache(cache, signature)
     if data is not None:
-        print(f"CIFAR-100: {source} (decoded copy {cache.name})", flush=True)
+        print(f"CIFAR-100: {verdict} (decoded copy {cache.name})", flush=True)
         return data
     if source.is_file():
         digest = sha256_of(source)
         if digest == CIFAR100_SHA256:
-            print(f"CIFAR-100: {source} is the official archive (SHA-256 matches).", flush=True)
+            verdict = f"{source} is the official archive (SHA-256 matches)"
         else:
-            print(f"CIFAR-100: notice: {source} is not the official archive "
-                  f"(SHA-256 {digest[:12]}...); using it as it is.", flush=True)
+            verdict = (f"notice: {source} is not the official archive "
+                       f"(SHA-256 {digest[:12]}...); using it as it is")
         members = read_archive_members(source)
     else:
-        print(f"CIFAR-100: extracted folder {source}", flush=True)
+        verdict = f"extracted folder {source} (no archive to check against the official SHA-256)"
         members = {name: read_member_file(source / name) for name in ("train", "test")}
+    print(f"CIFAR-100: {verdict}", flush=True)
     train = decode_split(members["train"], f"{source}: train")
     test = decode_split(members["test"], f"{source}: test")
-    write_decoded_cache(cache, signature, train, test)
+    write_decoded_cache(cache, signature, verdict, train, test)
     return train, test
 
 
@@ -235,19 +241,21 @@ def labels_array(values, nb_classes, where):
 
 
 def read_decoded_cache(cache, signature):
+    """(data, what the archive was) from a fresh cache, else (None, None)."""
     try:
         with np.load(cache) as npz:
             if str(npz["signature"]) != signature:
-                return None
-            return ((npz["x_train"], npz["y_fine_train"], npz["y_coarse_train"]),
-                    (npz["x_test"], npz["y_fine_test"], npz["y_coarse_test"]))
+                return None, None
+            return (((npz["x_train"], npz["y_fine_train"], npz["y_coarse_train"]),
+                     (npz["x_test"], npz["y_fine_test"], npz["y_coarse_test"])),
+                    str(npz["verdict"]))
     except Exception:  # missing, stale format or damaged: decode again
-        return None
+        return None, None
 
 
-def write_decoded_cache(cache, signature, train, test):
+def write_decoded_cache(cache, signature, verdict, train, test):
     buffer = io.BytesIO()
-    np.savez(buffer, signature=np.array(signature),
+    np.savez(buffer, signature=np.array(signature), verdict=np.array(verdict),
              x_train=train[0], y_fine_train=train[1], y_coarse_train=train[2],
              x_test=test[0], y_fine_test=test[1], y_coarse_test=test[2])
     try:
@@ -403,6 +411,10 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
     log_dir = Path(TENSORBOARD_DIR) / uid
     if log_for_tensorboard or config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
+    if test is not None:  # evaluate the test split with the best epoch's weights
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_fine_outputs_accuracy", mode="max", patience=config.epochs,
+            restore_best_weights=True))
     weights_path = Path(WEIGHTS_DIR) / f"{uid}.weights.h5"
     if save_best_weights:
         weights_path.parent.mkdir(exist_ok=True)

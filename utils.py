@@ -158,7 +158,7 @@ def read_config(args=None, environ=None, names=OPTIONS):
         if given is not None:
             source, raw = flag, given
         elif environ.get(env_var, "") != "":
-            if name == "dataset_size" and not flag_value(environ.get("CODE_TESTING", "0")):
+            if name == "dataset_size" and not code_testing(environ):
                 continue  # the seed's rule: DATASET_SIZE only counts when testing code
             source, raw = env_var, environ[env_var]
         else:
@@ -173,6 +173,13 @@ def read_config(args=None, environ=None, names=OPTIONS):
     values["keras_home"] = environ.get("KERAS_HOME") or os.path.join(
         os.path.expanduser("~"), ".keras")
     return Config(**values)
+
+
+def code_testing(environ):
+    try:
+        return flag_value(environ.get("CODE_TESTING", "0"))
+    except ValueError as err:
+        raise UsageError(f"CODE_TESTING: {err}") from None
 
 
 def config_from_env():

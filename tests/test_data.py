@@ -15,7 +15,7 @@ from conftest import N_TEST, N_TRAIN
 
 
 def load(folder, tmp_path, **config):
-    neural_net._loaded.clear()
+    neural_net.unload_cifar100()
     cfg = utils.Config(data_dir=str(folder), offline=True,
                        keras_home=str(tmp_path / "keras_home"), **config)
     return neural_net.load_cifar100(config=cfg)
@@ -92,7 +92,7 @@ def test_failed_download_gives_one_clear_error(tmp_path, monkeypatch):
         raise OSError("Name or service not known")
     monkeypatch.setattr(neural_net.keras.utils, "get_file", no_network)
     with pytest.raises(neural_net.DatasetError) as err:
-        neural_net._loaded.clear()
+        neural_net.unload_cifar100()
         neural_net.load_cifar100(config=utils.Config(
             data_dir=str(tmp_path), keras_home=str(tmp_path / "kh")))
     assert "download failed" in str(err.value) and "Name or service" in str(err.value)
@@ -112,6 +112,15 @@ def test_official_archive_is_recognised(cifar_dir, tmp_path, capsys, monkeypatch
     monkeypatch.setattr(neural_net, "CIFAR100_SHA256", digest)
     load(tmp_path, tmp_path)
     assert "is the official archive" in capsys.readouterr().out
+
+
+def test_decoded_cache_still_says_whether_the_archive_is_official(cifar_dir, tmp_path, capsys):
+    shutil.copy(cifar_dir / "cifar-100-python.tar.gz", tmp_path)
+    load(tmp_path, tmp_path)
+    capsys.readouterr()
+    load(tmp_path, tmp_path)
+    out = capsys.readouterr().out
+    assert "decoded copy" in out and "not the official archive" in out
 
 
 def test_decoded_cache_is_written_reused_and_invalidated(tmp_path, monkeypatch):
@@ -134,7 +143,7 @@ def test_decoded_cache_is_written_reused_and_invalidated(tmp_path, monkeypatch):
 
 def test_decoded_once_per_process(cifar_dir, tmp_path):
     cfg = utils.Config(data_dir=str(cifar_dir), offline=True)
-    neural_net._loaded.clear()
+    neural_net.unload_cifar100()
     assert neural_net.load_cifar100(config=cfg) is neural_net.load_cifar100(config=cfg)
 
 

@@ -42,6 +42,7 @@ def test_dataset_size_variable_needs_code_testing():
     (["--val-split", "1"], {}, "must be at least 0 and below 1"),
     (["--data-dir", "/no/such/folder"], {}, "folder '/no/such/folder' does not exist"),
     ([], {"HKS_TENSORBOARD": "maybe"}, "HKS_TENSORBOARD"),
+    ([], {"DATASET_SIZE": "10", "CODE_TESTING": "maybe"}, "CODE_TESTING: 'maybe' is not one of"),
 ])
 def test_bad_values_are_refused(argv, environ, expected):
     with pytest.raises(utils.UsageError) as err:

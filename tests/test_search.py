@@ -117,10 +117,15 @@ def test_a_trial_killed_by_the_system_is_a_failed_trial(clean_env, tmp_path, cif
         [sys.executable, TINY_SEARCH, *search_args(cifar_dir, "--max-evals", "2", "--isolated")],
         env=clean_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     driver = psutil.Process(process.pid)
-    deadline = time.time() + 120
-    while time.time() < deadline and not trial_processes(driver):
+    deadline = time.time() + 300
+    while time.time() < deadline and not trial_processes(driver) and process.poll() is None:
         time.sleep(0.05)
-    [child] = trial_processes(driver)
+    children = trial_processes(driver) if process.poll() is None else []
+    if len(children) != 1:
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"expected one trial process, found {children}: {out[-2000:]} {err[-3000:]}")
+    [child] = children
     time.sleep(1.0)
     child.kill()
     out, err = process.communicate(timeout=300)

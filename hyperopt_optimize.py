@@ -215,7 +215,7 @@ def best_trial(trials):
     return min(ok, key=lambda pair: pair[1]["loss"], default=None)
 
 
-def progress_line(trials, seconds, max_evals):
+def progress_line(trials, best, seconds, max_evals):
     """One line after each trial: number, accuracies, time and best so far."""
     trial = trials.trials[-1]
     result = trial["result"]
@@ -226,15 +226,15 @@ def progress_line(trials, seconds, max_evals):
     else:
         error = result.get("error", "unknown error").splitlines()[0][:200]
         head = f"Trial {trial['tid'] + 1}{of}: FAILED after {seconds:.1f} s ({error})"
-    best = best_trial(trials)
     tail = (f"best so far: fine {best[1]['fine_best_accuracy']:.4f} (trial {best[0] + 1}, "
             f"{best[1]['model_name']})" if best else "no successful trial yet")
     return f"{head} | {tail}"
 
 
-def run_search(config):
-    """Run trials one at a time, pickling the Trials after each one."""
-    trials = load_trials(config.trials_file)
+def run_search(config, trials=None):
+    """Run trials one at a time, pickling the Trials after each one. Starts
+    from `trials`, else from those in the trials file."""
+    trials = load_trials(config.trials_file) if trials is None else trials
     if trials.trials:
         best = best_trial(trials)
         print(f"Resuming the search: {len(trials.trials)} trials in {config.trials_file}"
@@ -256,8 +256,9 @@ def run_search(config):
         if len(trials.trials) == done:
             raise SearchError("hyperopt did not run a trial; is the trials file complete?")
         utils.atomic_pickle(trials, config.trials_file)
-        print(progress_line(trials, time.perf_counter() - started, config.max_evals), flush=True)
         best = best_trial(trials)
+        print(progress_line(trials, best, time.perf_counter() - started, config.max_evals),
+              flush=True)
         if config.plots and best and best[0] == done:
             plot_models(config, demo=False)  # model_best.png follows the best trial
     return trials
@@ -317,7 +318,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         Path(config.results_dir).mkdir(parents=True, exist_ok=True)
-        load_trials(config.trials_file)  # refuse a broken file before any work
+        trials = load_trials(config.trials_file)  # refuse a broken file before any work
     except (SearchError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -328,7 +329,7 @@ def main(argv=None):
             neural_net.unload_cifar100()  # the trials' processes load their own copy
         if config.plots:
             plot_models(config)
-        run_search(config)
+        run_search(config, trials)
     except KeyboardInterrupt:
         print(f"\nInterrupted. Finished trials are saved in {config.trials_file} and "
               f"{config.results_dir}/; run the same command again to resume.", file=sys.stderr)

@@ -14,7 +14,6 @@ from pathlib import Path
 import keras
 import psutil
 import pytest
-from hyperopt import hp
 
 import hyperopt_optimize
 import neural_net

@@ -3,9 +3,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The search over MongoDB: `make run_hyperopt MONGO_DB_HOST=...` queues trials,
+# `make run_hyperopt_worker MONGO_DB_HOST=...` on each GPU box trains them.
 EXPERIMENT_NAME ?= hyperopt_keras_cifar100
+MONGO_DB_PORT ?= 27017
+export EXPERIMENT_NAME MONGO_DB_HOST MONGO_DB_PORT
 
-.PHONY: install_req install_req_gpu install_dev install_graph_viz run_hyperopt test clean_results
+.PHONY: install_req install_req_gpu install_dev install_graph_viz run_hyperopt run_hyperopt_worker test clean_results
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +35,9 @@ install_graph_viz:
 
 run_hyperopt: install_req install_graph_viz
 	$(BIN)/python hyperopt_optimize.py
+
+run_hyperopt_worker: install_req
+	$(BIN)/python hyperopt_mongo_worker.py
 
 test: install_dev install_graph_viz
 	$(BIN)/python -m pytest -q tests

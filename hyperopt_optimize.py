@@ -6,9 +6,16 @@ results/<model_name>.txt.json, and hyperopt's Trials are pickled to
 results.pkl after every trial, atomically, so that running the same command
 again resumes the search. Runs until interrupted, or until --max-evals trials
 exist.
+
+With --mongo (or MONGO_DB_HOST) this process trains nothing: it queues trials
+in MongoDB for hyperopt_mongo_worker.py processes on any number of machines,
+puts back in the queue the trials of workers that died, and prints each result
+as it arrives. Running the same command again resumes the experiment.
 """
 
 import argparse
+import dataclasses
+import datetime
 import functools
 import gc
 import multiprocessing
@@ -22,8 +29,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from hyperopt import JOB_STATE_DONE, Trials, fmin, hp, tpe
+from hyperopt import (JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_RUNNING,
+                      Trials, fmin, hp, tpe)
 from hyperopt.exceptions import AllTrialsFailed
+from hyperopt.utils import coarse_utcnow
 
 import utils
 
@@ -99,11 +108,17 @@ class SearchError(Exception):
     """The search cannot start or go on; the message says what to do."""
 
 
+# Set by hyperopt_mongo_worker.py: that machine's folders. A MongoDB worker
+# trains what the driver asked for (epochs, dataset size, ...) with its own data.
+machine_settings = {}
+
+
 def optimize_cnn(hype_space, config):
     """hyperopt's objective: train one model, save its result, return it.
 
     Any error becomes a failed trial (with its traceback) so the search goes
     on; only a missing data set and Ctrl-C stop the search."""
+    config = dataclasses.replace(config, **machine_settings)
     if config.in_process:
         result = train_trial(hype_space, config)
     else:
@@ -215,17 +230,15 @@ def best_trial(trials):
     return min(ok, key=lambda pair: pair[1]["loss"], default=None)
 
 
-def progress_line(trials, best, seconds, max_evals):
+def progress_line(result, number, best, seconds, max_evals, where=""):
     """One line after each trial: number, accuracies, time and best so far."""
-    trial = trials.trials[-1]
-    result = trial["result"]
     of = f"/{max_evals}" if max_evals else ""
     if result.get("status") == "ok":
-        head = (f"Trial {trial['tid'] + 1}{of}: fine {result['fine_best_accuracy']:.4f}, "
-                f"coarse {result['coarse_best_accuracy']:.4f}, {seconds:.1f} s")
+        head = (f"Trial {number}{of}: fine {result['fine_best_accuracy']:.4f}, "
+                f"coarse {result['coarse_best_accuracy']:.4f}, {seconds:.1f} s{where}")
     else:
-        error = result.get("error", "unknown error").splitlines()[0][:200]
-        head = f"Trial {trial['tid'] + 1}{of}: FAILED after {seconds:.1f} s ({error})"
+        error = str(result.get("error", "unknown error")).splitlines()[0][:200]
+        head = f"Trial {number}{of}: FAILED after {seconds:.1f} s{where} ({error})"
     tail = (f"best so far: fine {best[1]['fine_best_accuracy']:.4f} (trial {best[0] + 1}, "
             f"{best[1]['model_name']})" if best else "no successful trial yet")
     return f"{head} | {tail}"
@@ -257,8 +270,8 @@ def run_search(config, trials=None):
             raise SearchError("hyperopt did not run a trial; is the trials file complete?")
         utils.atomic_pickle(trials, config.trials_file)
         best = best_trial(trials)
-        print(progress_line(trials, best, time.perf_counter() - started, config.max_evals),
-              flush=True)
+        print(progress_line(trials.trials[-1]["result"], done + 1, best,
+                            time.perf_counter() - started, config.max_evals), flush=True)
         if config.plots and best and best[0] == done:
             plot_models(config, demo=False)  # model_best.png follows the best trial
     return trials
@@ -271,6 +284,127 @@ def save_finished_trials(trials, done, path):
     trials.refresh()
     if len(trials.trials) > done:
         utils.atomic_pickle(trials, path)
+
+
+# ------------------------------------------------------ over MongoDB ----
+
+def run_mongo_search(config):
+    """Queue trials in MongoDB for hyperopt_mongo_worker.py processes and
+    follow them until --max-evals trials are finished or given up (or
+    forever). Returns the MongoTrials."""
+    import mongo_compat
+    from hyperopt.mongoexp import MongoTrials
+    try:
+        trials = MongoTrials(mongo_compat.open_jobs(config.mongo), exp_key=config.exp_key)
+    except mongo_compat.MongoUnavailable as err:
+        raise SearchError(str(err)) from None
+    # hyperopt's trial-id counter, created here so that ids start at 0 (created
+    # by its first use, hyperopt warns and skips ahead).
+    trials.handle.db.job_ids.update_one({"a": 0}, {"$setOnInsert": {"last_id": 0}},
+                                        upsert=True)
+    counts = job_counts(trials.handle.jobs, config.exp_key)
+    print(f"Experiment {config.exp_key!r} in MongoDB at {utils.redact(config.mongo)}: "
+          + describe_counts(counts) + ". Start workers with: python3 "
+          f"hyperopt_mongo_worker.py --mongo ... --exp-key {config.exp_key}", flush=True)
+    given_up = counts[JOB_STATE_ERROR]
+    target = sys.maxsize if config.max_evals is None else config.max_evals - given_up
+    # Seeded by how many trials exist, so a resumed search does not redraw the first ones.
+    rstate = np.random.default_rng(None if config.seed is None
+                                   else [config.seed, sum(counts.values())])
+    # What shapes a trial travels to the workers inside the pickled objective;
+    # the address (and its password) does not.
+    objective = functools.partial(optimize_cnn, config=dataclasses.replace(config, mongo=None))
+    follow = follow_workers(config, trials)
+    try:
+        fmin(objective, space, algo=tpe.suggest, trials=trials, max_evals=target,
+             max_queue_len=config.queue_len, rstate=rstate, early_stop_fn=follow,
+             show_progressbar=False, return_argmin=False)
+    except AllTrialsFailed:
+        pass  # hyperopt 0.3.0 raises this at the end when no trial succeeded
+    follow(trials)
+    return trials
+
+
+def job_counts(jobs, exp_key):
+    """How many of the experiment's trials are in each hyperopt job state."""
+    return {state: jobs.count_documents({"exp_key": exp_key, "state": state})
+            for state in (JOB_STATE_NEW, JOB_STATE_RUNNING, JOB_STATE_DONE, JOB_STATE_ERROR)}
+
+
+def describe_counts(counts):
+    if not any(counts.values()):
+        return "new experiment"
+    return (f"{counts[JOB_STATE_DONE]} trials finished, {counts[JOB_STATE_RUNNING]} "
+            f"running, {counts[JOB_STATE_NEW]} queued, {counts[JOB_STATE_ERROR]} given up")
+
+
+def follow_workers(config, trials):
+    """The function fmin calls after each poll of MongoDB (as its
+    early_stop_fn; it never stops the search): requeue the trials of dead
+    workers, print each newly finished trial."""
+    jobs = trials.handle.jobs
+    reported = {t["tid"] for t in trials.trials if t["state"] == JOB_STATE_DONE}
+    failed = {job["tid"] for job in jobs.find(
+        {"exp_key": config.exp_key, "state": JOB_STATE_ERROR}, projection=["tid"])}
+
+    def follow(trials, *_):
+        for message in requeue_stale_jobs(jobs, config):
+            print(message, flush=True)
+        for job in jobs.find({"exp_key": config.exp_key, "state": JOB_STATE_ERROR,
+                              "tid": {"$nin": sorted(failed)}}):
+            failed.add(job["tid"])
+            if job.get("error", [""])[0] != "WorkerLost":  # those were printed above
+                print(f"Trial {job['tid'] + 1}: could not run on {job.get('owner')}: "
+                      f"{': '.join(map(str, job.get('error', ['unknown error'])))}",
+                      flush=True)
+        finished = [t for t in trials.trials
+                    if t["state"] == JOB_STATE_DONE and t["tid"] not in reported]
+        if finished:
+            best = best_trial(trials)
+            for trial in sorted(finished, key=lambda t: t["refresh_time"]):
+                reported.add(trial["tid"])
+                seconds = (trial["refresh_time"] - trial["book_time"]).total_seconds()
+                of = f"/{config.max_evals}" if config.max_evals else ""
+                print(progress_line(trial["result"], trial["tid"] + 1, best, seconds, None,
+                                    f" on {trial['owner']}, {len(reported)}{of} finished"),
+                      flush=True)
+        return False, []
+    return follow
+
+
+def requeue_stale_jobs(jobs, config, now=None):
+    """Running trials whose worker sent no heartbeat for --stale-after seconds
+    (killed, machine gone) go back to the queue; a trial that has already
+    been requeued --max-requeues times is given up (state error, with the
+    reason) so that one that kills every worker cannot loop forever. Each
+    change bumps the document's version, so a worker that was only slow
+    cannot write over it later. Returns one message per change."""
+    now = now or coarse_utcnow()
+    cutoff = now - datetime.timedelta(seconds=config.stale_after)
+    messages = []
+    stale = jobs.find({"exp_key": config.exp_key, "state": JOB_STATE_RUNNING,
+                       "refresh_time": {"$lt": cutoff}})
+    for job in list(stale):
+        silent = (now - job["refresh_time"]).total_seconds()
+        requeues = job.get("requeue_count", 0)
+        lost = f"trial {job['tid'] + 1}: worker {job['owner']} silent for {silent:.0f} s"
+        if requeues >= config.max_requeues:
+            reason = (f"given up: its worker died or stopped responding {requeues + 1} "
+                      f"times (--max-requeues {config.max_requeues}); the last was "
+                      f"{job['owner']}. Out of memory is the usual cause.")
+            change = {"$set": {"state": JOB_STATE_ERROR, "error": ["WorkerLost", reason]},
+                      "$inc": {"version": 1}}
+            message = f"{lost}: {reason}"
+        else:
+            change = {"$set": {"state": JOB_STATE_NEW, "owner": None, "book_time": None,
+                               "refresh_time": None},
+                      "$inc": {"version": 1, "requeue_count": 1}}
+            message = f"{lost}: put back in the queue ({requeues + 1}/{config.max_requeues})"
+        # Only if nothing changed since we looked (a late heartbeat wins).
+        unchanged = {key: job[key] for key in ("_id", "state", "owner", "refresh_time")}
+        if jobs.update_one(unchanged, change).modified_count:
+            messages.append(message)
+    return messages
 
 
 _plots_unavailable = False
@@ -304,7 +438,7 @@ def build_parser():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="A flag wins over its environment variable. DATASET_SIZE only counts "
                "when CODE_TESTING=1 is set too, as in the original scripts.")
-    utils.add_options(parser, utils.OPTIONS)
+    utils.add_options(parser, utils.SEARCH_OPTIONS + utils.DRIVER_OPTIONS)
     return parser
 
 
@@ -316,6 +450,8 @@ def main(argv=None):
     except utils.UsageError as err:
         parser.exit(2, f"{parser.prog}: error: {err} (see --help)\n")
     signal.signal(signal.SIGTERM, raise_interrupt)
+    if config.mongo:
+        return main_mongo(config)
     try:
         Path(config.results_dir).mkdir(parents=True, exist_ok=True)
         trials = load_trials(config.trials_file)  # refuse a broken file before any work
@@ -342,5 +478,26 @@ def main(argv=None):
     return 0
 
 
+def main_mongo(config):
+    """main() for the search over MongoDB: no data set, no training here."""
+    try:
+        trials = run_mongo_search(config)
+    except KeyboardInterrupt:
+        print("\nInterrupted. The trials stay in MongoDB: workers finish those they "
+              "are running and the queued ones wait. Run the same command again to "
+              "resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SearchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    counts = job_counts(trials.handle.jobs, config.exp_key)
+    print(f"Done: experiment {config.exp_key!r} has {describe_counts(counts)}. Each "
+          "trial's JSON is in the results folder of the worker that ran it.")
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the module's own name, not __main__, so that the objective
+    # pickled for MongoDB workers refers to hyperopt_optimize.optimize_cnn.
+    import hyperopt_optimize
+    sys.exit(hyperopt_optimize.main())

@@ -8,12 +8,14 @@ place that reads them.
 
 import argparse
 import dataclasses
+import functools
 import glob
 import json
 import math
 import os
 import pickle
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,20 @@ class Config:
     plots: bool = True
     in_process: bool = False
     keras_home: str = os.path.join("~", ".keras")
+    # The search over MongoDB (hyperopt_optimize.py --mongo ...):
+    mongo: str | None = None
+    exp_key: str = "hyperopt_keras_cifar100"
+    queue_len: int = 4
+    stale_after: float = 120.0
+    max_requeues: int = 2
+    # MongoDB workers (hyperopt_mongo_worker.py):
+    poll_interval: float = 2.0
+    reserve_timeout: float | None = None
+    last_job_timeout: float | None = None
+    max_consecutive_failures: int = 4
+    max_jobs: int | None = None
+    workdir: str | None = None
+    heartbeat: float = 10.0
 
 
 # --- parsers for option values: each raises ValueError with a short reason ---
@@ -77,6 +93,23 @@ def fraction(text):
     return value
 
 
+def positive_number(text):
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{text!r} must be a number above 0")
+    return value
+
+
+def seconds_or_forever(text):
+    """Seconds; 0 or 'none' mean no limit (None)."""
+    if str(text).strip().lower() in ("0", "none", "forever"):
+        return None
+    return positive_number(text)
+
+
 def flag_value(text):
     value = str(text).strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -90,6 +123,82 @@ def existing_dir(text):
     if not os.path.isdir(os.path.expanduser(text)):
         raise ValueError(f"folder {text!r} does not exist")
     return text
+
+
+MONGO_DEFAULT_PORT = 27017
+MONGO_DEFAULT_DB = "hyperopt"
+MONGO_JOBS_COLLECTION = "jobs"
+
+
+def mongo_url(text):
+    """A MongoDB address as hyperopt's MongoTrials wants it:
+    `mongo://[user:password@]host:port/db/jobs[?authSource=db]`. Accepts
+    `HOST[:PORT][/DB]` (port 27017 and database `hyperopt` by default), `mongodb://[user:password@]HOST[:PORT]/DB[?authSource=db]`
+    (user and password percent-encoded, as in any MongoDB URL) and hyperopt's
+    own `mongo://HOST:PORT/DB/jobs`."""
+    text = str(text).strip()
+    example = "expected HOST:PORT/DB or mongodb://USER:PASSWORD@HOST:PORT/DB?authSource=admin"
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "mongodb", text
+    if scheme not in ("mongodb", "mongo"):
+        raise ValueError(f"{text!r}: scheme {scheme}:// is not supported ({example}; "
+                         "mongodb+srv:// and ssh tunnels are not)")
+    parts = urllib.parse.urlsplit("//" + rest)
+    if "," in parts.netloc:
+        raise ValueError(f"{text!r}: one host only; hyperopt cannot use a replica-set list")
+    try:
+        port = parts.port or MONGO_DEFAULT_PORT
+    except ValueError:
+        raise ValueError(f"{text!r}: the port is not a number from 1 to 65535") from None
+    path = [p for p in parts.path.split("/") if p]
+    if path[1:] == [MONGO_JOBS_COLLECTION]:
+        path = path[:1]
+    path = path or [MONGO_DEFAULT_DB]
+    if not parts.hostname or len(path) != 1:
+        raise ValueError(f"{text!r}: {example}")
+    database = path[0]
+    if any(c in database for c in ' ."$\\') or len(database) > 63:
+        raise ValueError(f"{text!r}: {database!r} is not a valid MongoDB database name")
+    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"authSource"})
+    if unknown:
+        raise ValueError(f"{text!r}: unsupported option(s) {', '.join(unknown)}; only "
+                         "authSource is understood")
+    if parts.password is not None and not parts.username:
+        raise ValueError(f"{text!r}: a password needs a user name")
+    auth = ""
+    if parts.username:
+        auth = parts.username + (f":{parts.password}" if parts.password is not None else "") + "@"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    tail = f"?authSource={query['authSource'][-1]}" if query.get("authSource") else ""
+    return f"mongo://{auth}{host}:{port}/{database}/{MONGO_JOBS_COLLECTION}{tail}"
+
+
+def mongo_url_from_parts(environ):
+    """The original's variables: MONGO_DB_HOST (and MONGO_DB_PORT, MONGO_DB_NAME,
+    MONGO_DB_USER, MONGO_DB_PASSWORD, MONGO_DB_AUTH_SOURCE) make a --mongo URL."""
+    host = environ.get("MONGO_DB_HOST", "").strip()
+    if not host:
+        return None
+    port = environ.get("MONGO_DB_PORT", "").strip() or MONGO_DEFAULT_PORT
+    database = environ.get("MONGO_DB_NAME", "").strip() or MONGO_DEFAULT_DB
+    user = environ.get("MONGO_DB_USER", "")
+    auth, tail = "", ""
+    if user:
+        password = environ.get("MONGO_DB_PASSWORD", "")
+        quote = functools.partial(urllib.parse.quote, safe="")
+        auth = quote(user) + (f":{quote(password)}" if password else "") + "@"
+        tail = "?authSource=" + (environ.get("MONGO_DB_AUTH_SOURCE", "") or "admin")
+    return f"mongodb://{auth}{host}:{port}/{database}{tail}"
+
+
+def redact(url):
+    """A MongoDB URL fit to print: the password replaced by ***."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 # name -> (flag, environment variable, parser, help). Boolean options are
@@ -126,7 +235,52 @@ OPTIONS = {
                    "train each trial inside the search process instead of a fresh "
                    "child process: starts faster, but TensorFlow then keeps about 15 MB "
                    "of graphs per trial and an out-of-memory kill ends the search"),
+    # --- the search over MongoDB ---
+    "mongo": ("--mongo", "HKS_MONGO", mongo_url,
+              "the search's MongoDB (the driver then queues trials for workers): HOST:PORT/DB or mongodb://USER:PASSWORD@"
+              "HOST:PORT/DB?authSource=admin; without HKS_MONGO, MONGO_DB_HOST "
+              "(+ MONGO_DB_PORT, MONGO_DB_NAME, MONGO_DB_USER, MONGO_DB_PASSWORD) "
+              "make one"),
+    "exp_key": ("--exp-key", "EXPERIMENT_NAME", str,
+                "name of the experiment in MongoDB; the same name resumes it"),
+    "queue_len": ("--queue-len", "HKS_QUEUE_LEN", positive_int,
+                  "trials kept queued for idle workers (about the number of workers; "
+                  "more makes TPE suggest with less feedback)"),
+    "stale_after": ("--stale-after", "HKS_STALE_AFTER", positive_number,
+                    "seconds without a worker heartbeat after which a running trial "
+                    "is put back in the queue (several worker heartbeats)"),
+    "max_requeues": ("--max-requeues", "HKS_MAX_REQUEUES", non_negative_int,
+                     "a trial whose worker died this many times more is given up "
+                     "(marked as an error) instead of being queued again"),
+    # --- MongoDB workers ---
+    "poll_interval": ("--poll-interval", "HKS_POLL_INTERVAL", positive_number,
+                      "seconds between looks for a queued trial (randomised below this)"),
+    "reserve_timeout": ("--reserve-timeout", "HKS_RESERVE_TIMEOUT", seconds_or_forever,
+                        "exit after this many seconds without a queued trial "
+                        "(0: wait forever)"),
+    "last_job_timeout": ("--last-job-timeout", "HKS_LAST_JOB_TIMEOUT", seconds_or_forever,
+                         "take no new trial once this many seconds have passed"),
+    "max_consecutive_failures": ("--max-consecutive-failures",
+                                 "HKS_MAX_CONSECUTIVE_FAILURES", positive_int,
+                                 "exit after this many trials in a row could not run"),
+    "max_jobs": ("--max-jobs", "HKS_MAX_JOBS", positive_int,
+                 "exit after running this many trials (default: no limit)"),
+    "workdir": ("--workdir", "HKS_WORKDIR", str,
+                "folder trials run in (TensorBoard/ and weights/ land there; "
+                "default: the current folder)"),
+    "heartbeat": ("--heartbeat", "HKS_HEARTBEAT", positive_number,
+                  "seconds between the worker's signs of life for its running trial"),
 }
+
+# The single-machine search's options, and those the MongoDB driver adds.
+SEARCH_OPTIONS = ["epochs", "max_evals", "dataset_size", "data_dir", "results_dir",
+                  "trials_file", "val_split", "tensorboard", "seed", "offline", "plots",
+                  "in_process"]
+DRIVER_OPTIONS = ["mongo", "exp_key", "queue_len", "stale_after", "max_requeues"]
+# What a worker decides for itself; everything else about a trial comes from the driver.
+WORKER_OPTIONS = ["mongo", "exp_key", "data_dir", "results_dir", "offline",
+                  "poll_interval", "reserve_timeout", "last_job_timeout",
+                  "max_consecutive_failures", "max_jobs", "workdir", "heartbeat"]
 
 
 def add_options(parser, names):
@@ -161,6 +315,8 @@ def read_config(args=None, environ=None, names=OPTIONS):
             if name == "dataset_size" and not code_testing(environ):
                 continue  # the seed's rule: DATASET_SIZE only counts when testing code
             source, raw = env_var, environ[env_var]
+        elif name == "mongo" and mongo_url_from_parts(environ):
+            source, raw = "MONGO_DB_HOST/MONGO_DB_PORT/MONGO_DB_NAME", mongo_url_from_parts(environ)
         else:
             continue
         if isinstance(raw, bool):

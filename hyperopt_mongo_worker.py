@@ -1,0 +1,176 @@
+"""A worker of the search over MongoDB: takes the queued trials of an
+experiment, trains each one, writes its result back to MongoDB and its JSON
+file to this machine's results folder.
+
+Start any number, on any machines that reach the database, against a driver
+started with `python3 hyperopt_optimize.py --mongo HOST:PORT/DB`:
+
+    python3 hyperopt_mongo_worker.py --mongo HOST:PORT/DB --exp-key NAME
+
+It is hyperopt's `hyperopt-mongo-worker` (same options, hyperopt's own
+MongoWorker runs each job) with pymongo 4 support (mongo_compat), a heartbeat
+that lets the driver requeue the trial of a worker that died, and this
+machine's data and results folders. How a trial is trained (epochs, data set
+size, ...) comes from the driver, inside the experiment.
+"""
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+# Workers unpickle the driver's objective, hyperopt_optimize.optimize_cnn: this
+# folder must be importable from wherever the worker is started.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from hyperopt import JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_RUNNING  # noqa: E402
+from hyperopt.mongoexp import MongoWorker, ReserveTimeout  # noqa: E402
+from hyperopt.utils import coarse_utcnow  # noqa: E402
+
+import hyperopt_optimize  # noqa: E402
+import utils  # noqa: E402
+
+EXIT_INTERRUPTED = 130
+
+
+def build_parser():
+    parser = utils.OneLineErrorParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="A flag wins over its environment variable.")
+    utils.add_options(parser, utils.WORKER_OPTIONS)
+    return parser
+
+
+def machine_settings(config):
+    """This machine's folders, made absolute: hyperopt runs each trial in its
+    work folder, and the trial's own process must find them from there."""
+    def absolute(path):
+        return str(Path(os.path.expanduser(path)).resolve())
+    return dict(data_dir=absolute(config.data_dir), results_dir=absolute(config.results_dir),
+                keras_home=absolute(config.keras_home), offline=config.offline)
+
+
+def keep_alive(jobs, host_id, every, stop):
+    """Refresh `refresh_time` of the trial this worker is running, every
+    `every` seconds, so that the driver can tell a live worker from a dead one
+    (hyperopt alone leaves a dead worker's trial 'running' forever)."""
+    import pymongo.errors
+    while not stop.wait(every):
+        try:
+            jobs.update_many({"owner": host_id, "state": JOB_STATE_RUNNING},
+                             {"$set": {"refresh_time": coarse_utcnow()}})
+        except pymongo.errors.PyMongoError as err:  # a blip: try again next beat
+            print(f"warning: heartbeat failed ({err}); retrying", file=sys.stderr)
+
+
+def give_back_interrupted(jobs, host_id):
+    """hyperopt marks the job of an interrupted worker as an error; put it back
+    in the queue instead, so stopping a worker loses nothing."""
+    return jobs.update_many(
+        {"owner": host_id, "state": JOB_STATE_ERROR, "error.0": str(KeyboardInterrupt)},
+        {"$set": {"state": JOB_STATE_NEW, "owner": None, "book_time": None,
+                  "refresh_time": None},
+         "$unset": {"error": ""}, "$inc": {"version": 1}}).modified_count
+
+
+def report_last_trial(jobs, host_id, seconds):
+    """One line about the trial this worker just finished."""
+    job = jobs.find_one({"owner": host_id}, sort=[("refresh_time", -1)])
+    if job is None:
+        return
+    result = job.get("result", {})
+    if result.get("status") == "ok":
+        outcome = (f"fine {result['fine_best_accuracy']:.4f}, coarse "
+                   f"{result['coarse_best_accuracy']:.4f} ({result.get('model_name')})")
+    else:
+        outcome = "FAILED: " + str(result.get("error", job.get("error"))).splitlines()[0][:200]
+    print(f"Trial {job['tid'] + 1} of {job['exp_key']!r}: {outcome}, {seconds:.1f} s",
+          flush=True)
+
+
+def run_worker(config, jobs, host_id):
+    """hyperopt's worker loop with this project's limits; returns the exit code."""
+    worker = MongoWorker(jobs, poll_interval=config.poll_interval, workdir=config.workdir,
+                         exp_key=config.exp_key, logfilename=None)
+    started, finished, failures = time.monotonic(), 0, 0
+    while config.max_jobs is None or finished < config.max_jobs:
+        if config.last_job_timeout and time.monotonic() - started > config.last_job_timeout:
+            print(f"--last-job-timeout {config.last_job_timeout:g} s passed: exiting.")
+            return 0
+        trial_started = time.monotonic()
+        try:
+            worker.run_one(host_id, reserve_timeout=config.reserve_timeout)
+        except ReserveTimeout:
+            print(f"No queued trial for {config.reserve_timeout:g} s: exiting.")
+            return 0
+        except Exception as err:  # the trial could not run at all (not a failed training)
+            failures += 1
+            print(f"error: a trial could not run: {type(err).__name__}: {err}",
+                  file=sys.stderr, flush=True)
+            if failures >= config.max_consecutive_failures:
+                print(f"error: {failures} trials in a row could not run: exiting.",
+                      file=sys.stderr)
+                return 1
+            continue
+        failures, finished = 0, finished + 1
+        report_last_trial(jobs.jobs, host_id, time.monotonic() - trial_started)
+    print(f"Ran --max-jobs {config.max_jobs} trials: exiting.")
+    return 0
+
+
+def raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = utils.read_config(args, names=utils.WORKER_OPTIONS)
+    except utils.UsageError as err:
+        parser.exit(2, f"{parser.prog}: error: {err} (see --help)\n")
+    if config.mongo is None:
+        parser.exit(2, f"{parser.prog}: error: no MongoDB given: pass --mongo HOST:PORT/DB "
+                       "or set HKS_MONGO or MONGO_DB_HOST (see --help)\n")
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    import mongo_compat
+    settings = machine_settings(config)
+    config.workdir = str(Path(config.workdir or os.getcwd()).resolve())
+    try:
+        jobs = mongo_compat.open_jobs(config.mongo)
+    except mongo_compat.MongoUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    import neural_net  # imports Keras: after MongoDB answered, so that fails fast
+    try:
+        neural_net.load_cifar100(config=config)  # refuse to take trials without data
+        neural_net.unload_cifar100()  # each trial's process loads its own copy
+    except neural_net.DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    Path(settings["results_dir"]).mkdir(parents=True, exist_ok=True)
+    hyperopt_optimize.machine_settings.update(settings)
+    host_id = f"{socket.gethostname()}:{os.getpid()}"
+    print(f"Worker {host_id} taking trials of {config.exp_key!r} from "
+          f"{utils.redact(config.mongo)}; data in {settings['data_dir']}, results to "
+          f"{settings['results_dir']}.", flush=True)
+    stop = threading.Event()
+    threading.Thread(target=keep_alive, args=(jobs.jobs, host_id, config.heartbeat, stop),
+                     daemon=True, name="heartbeat").start()
+    try:
+        return run_worker(config, jobs, host_id)
+    except KeyboardInterrupt:
+        given_back = give_back_interrupted(jobs.jobs, host_id)
+        print(f"\nInterrupted{'; its trial is back in the queue' if given_back else ''}.",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        stop.set()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

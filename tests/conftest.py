@@ -2,7 +2,10 @@
 points at it (never downloads), and a small hyperspace that trains in seconds."""
 
 import os
+import socket
+import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -54,7 +57,62 @@ def clean_env(tmp_path):
     """Environment for subprocesses: no HKS_* settings leak in from outside,
     Keras' cache points at an empty folder, nothing is downloaded."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("HKS_") and k not in ("DATASET_SIZE", "CODE_TESTING")}
+           if not k.startswith(("HKS_", "MONGO_DB_"))
+           and k not in ("DATASET_SIZE", "CODE_TESTING", "EXPERIMENT_NAME")}
     env.update(KERAS_HOME=str(tmp_path / "keras_home"), HKS_OFFLINE="1",
                PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
     return env
+
+
+# --- MongoDB: the test server of tests/mongo_test_server.py, or a real one ---
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_mongo(url, seconds=10.0):
+    import pymongo
+    client = pymongo.MongoClient(url, serverSelectionTimeoutMS=int(seconds * 1000))
+    try:
+        client.admin.command("ping")
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def mongo_server():
+    """`mongodb://host:port`: HKS_TEST_MONGO_URL when it is set (a real
+    MongoDB, to confirm the path end to end), else the wire-protocol test
+    server, started once as its own process."""
+    real = os.environ.get("HKS_TEST_MONGO_URL")
+    if real:
+        wait_for_mongo(real)
+        yield real.rstrip("/")
+        return
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "mongo_test_server.py"),
+                               "--port", str(port)], stdout=subprocess.DEVNULL)
+    try:
+        wait_for_mongo(f"mongodb://127.0.0.1:{port}")
+        yield f"mongodb://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture
+def mongo_url(mongo_server):
+    """A --mongo value naming a database of this test's own."""
+    base, _, query = mongo_server.partition("?")
+    return f"{base}/hks_test_{uuid.uuid4().hex[:8]}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+def mongo_db(mongo_url):
+    """A pymongo Database handle on `mongo_url`, to look at what the search wrote."""
+    import pymongo
+    client = pymongo.MongoClient(mongo_url)
+    yield client.get_default_database()
+    client.close()

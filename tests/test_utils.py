@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -48,6 +49,44 @@ def test_bad_values_are_refused(argv, environ, expected):
     with pytest.raises(utils.UsageError) as err:
         parse(argv, environ)
     assert expected in str(err.value)
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("localhost:27017/hyperopt", "mongo://localhost:27017/hyperopt/jobs"),
+    ("db.example.com", "mongo://db.example.com:27017/hyperopt/jobs"),
+    ("mongodb://u:p%40ss@h:1234/exp?authSource=admin",
+     "mongo://u:p%40ss@h:1234/exp/jobs?authSource=admin"),
+    ("mongo://localhost:22334/foo/jobs", "mongo://localhost:22334/foo/jobs"),
+])
+def test_mongo_addresses_become_hyperopts_urls(given, expected):
+    assert parse(["--mongo", given], {}).mongo == expected
+
+
+@pytest.mark.parametrize("given, reason", [
+    ("mongodb+srv://cluster.example.com/db", "mongodb+srv:// and ssh tunnels are not"),
+    ("h:99999/db", "the port is not a number"),
+    ("h:abc/db", "the port is not a number"),
+    ("h/db?ssl=true", "unsupported option(s) ssl"),
+    ("h1:1,h2:2/db", "one host only"),
+    ("h/db/extra", "expected HOST:PORT/DB"),
+    ("h/a.b", "not a valid MongoDB database name"),
+    ("mongodb://:secret@h/db", "a password needs a user name"),
+])
+def test_bad_mongo_addresses_say_what_is_wrong(given, reason):
+    with pytest.raises(utils.UsageError, match="--mongo: .*" + re.escape(reason)):
+        parse(["--mongo", given], {})
+
+
+def test_mongo_address_from_the_originals_variables():
+    assert parse([], {"MONGO_DB_HOST": "m"}).mongo == "mongo://m:27017/hyperopt/jobs"
+    config = parse([], {"MONGO_DB_HOST": "m", "MONGO_DB_PORT": "27018", "MONGO_DB_NAME": "x",
+                        "MONGO_DB_USER": "root", "MONGO_DB_PASSWORD": "p@ss/w:rd",
+                        "EXPERIMENT_NAME": "exp2"})
+    assert config.mongo == "mongo://root:p%40ss%2Fw%3Ard@m:27018/x/jobs?authSource=admin"
+    assert config.exp_key == "exp2"
+    assert utils.redact(config.mongo) == "mongo://root:***@m:27018/x/jobs?authSource=admin"
+    assert parse(["--mongo", "a/b"], {"MONGO_DB_HOST": "m"}).mongo == "mongo://a:27017/b/jobs"
+    assert parse([], {}).mongo is None
 
 
 def test_atomic_write_replaces_whole_files(tmp_path):

@@ -1,0 +1,234 @@
+"""The search over MongoDB, end to end: a driver process and worker processes
+talking TCP to MongoDB (the test server, or HKS_TEST_MONGO_URL), as on
+several machines. Most tests use the cheap stand-in objectives of
+tests/mongo_objectives.py; one trains real (tiny) models."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW
+
+from conftest import ROOT
+
+TESTS = ROOT / "tests"
+
+
+@pytest.fixture
+def env(clean_env):
+    """Workers import the stand-in objectives from tests/; heartbeats are quick."""
+    return dict(clean_env, PYTHONPATH=str(TESTS), HKS_HEARTBEAT="0.3",
+                HKS_POLL_INTERVAL="0.5")
+
+
+def start_driver(objective, mongo_url, env, log, *flags):
+    return subprocess.Popen(
+        [sys.executable, str(TESTS / "mongo_search.py"), objective, "--mongo", mongo_url,
+         "--exp-key", "exp", "--epochs", "1", "--no-plots", *flags],
+        cwd=log.parent, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def start_worker(mongo_url, env, folder, cifar_dir, *flags):
+    folder.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "hyperopt_mongo_worker.py"), "--mongo", mongo_url,
+         "--exp-key", "exp", "--data-dir", str(cifar_dir), "--results-dir", "results",
+         "--reserve-timeout", "60", *flags],
+        cwd=folder, env=env, stdout=(folder / "worker.log").open("w"),
+        stderr=subprocess.STDOUT)
+
+
+def finish(process, log, timeout=180):
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"{log} did not finish in {timeout} s:\n{log.read_text()}")
+    return log.read_text()
+
+
+def stop(workers):
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGINT)
+    for worker in workers:
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def jobs_of(mongo_db, state=None):
+    query = {"exp_key": "exp"} if state is None else {"exp_key": "exp", "state": state}
+    return list(mongo_db.jobs.find(query))
+
+
+def result_files(folder):
+    return sorted((folder / "results").glob("model_*.txt.json"))
+
+
+def wait_until(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_two_workers_train_the_requested_trials(tmp_path, mongo_url, mongo_db, env,
+                                                cifar_dir):
+    """The real path: real training in each worker's trial processes; both
+    workers take a trial (one trains while the other takes the next); results
+    in MongoDB and JSON files on each worker's disk."""
+    env = dict(env, CODE_TESTING="1", DATASET_SIZE="150")
+    workers = [start_worker(mongo_url, env, tmp_path / f"w{i}", cifar_dir) for i in (1, 2)]
+    log = tmp_path / "driver.log"
+    driver = start_driver("train", mongo_url, env, log, "--max-evals", "2", "--queue-len", "2")
+    try:
+        output = finish(driver, log, timeout=400)
+    finally:
+        stop(workers)
+    assert driver.returncode == 0, output
+    done = jobs_of(mongo_db, JOB_STATE_DONE)
+    assert len(done) == 2 and len(jobs_of(mongo_db)) == 2, output
+    assert all(job["result"]["status"] == "ok" for job in done), output
+    assert {job["result"]["epochs"] for job in done} == {1}  # the driver's --epochs
+    files = {w: result_files(tmp_path / w) for w in ("w1", "w2")}
+    assert all(files.values()), f"each worker should have run a trial: {files}\n{output}"
+    names = {json.loads(p.read_text())["model_name"] for fs in files.values() for p in fs}
+    assert names == {job["result"]["model_name"] for job in done}
+    assert output.count("Trial ") == 2 and "Done: experiment 'exp' has 2 trials finished" in output
+
+
+def test_a_worker_killed_mid_trial_has_its_trial_requeued(tmp_path, mongo_url, mongo_db, env,
+                                                          cifar_dir):
+    workers = [start_worker(mongo_url, env, tmp_path / f"w{i}", cifar_dir) for i in (1, 2)]
+    log = tmp_path / "driver.log"
+    driver = start_driver("slow", mongo_url, env, log, "--max-evals", "3",
+                          "--stale-after", "2", "--queue-len", "1")
+    try:
+        started = lambda: [p for w in ("w1", "w2")  # noqa: E731
+                           for p in (tmp_path / w / "results").glob("started-*")]
+        wait_until(started, 120, "a worker to start a trial")
+        victim_pid = int(started()[0].name.split("-")[1])
+        victim = next(w for w in workers if w.pid == victim_pid)
+        killed_at = time.monotonic()
+        victim.kill()  # kill -9 in the middle of the trial
+        wait_until(lambda: any(j.get("requeue_count") for j in jobs_of(mongo_db)), 60,
+                   "the dead worker's trial to be requeued")
+        requeued_after = time.monotonic() - killed_at
+        output = finish(driver, log, timeout=120)
+    finally:
+        stop(workers)
+    assert driver.returncode == 0, output
+    done = jobs_of(mongo_db, JOB_STATE_DONE)
+    assert len(done) == 3 and len(jobs_of(mongo_db)) == 3, output  # exactly, none twice
+    assert [j.get("requeue_count", 0) for j in done].count(1) == 1
+    assert "put back in the queue (1/2)" in output
+    # The killed trial wrote no file; the three finished ones one each.
+    assert len(result_files(tmp_path / "w1")) + len(result_files(tmp_path / "w2")) == 3
+    print(f"requeued {requeued_after:.1f} s after the worker was killed (--stale-after 2)")
+
+
+def test_a_stopped_worker_puts_its_trial_back_at_once(tmp_path, mongo_url, mongo_db, env,
+                                                     cifar_dir):
+    """Ctrl-C or SIGTERM (docker stop): hyperopt would mark the trial as an error."""
+    [worker] = [start_worker(mongo_url, env, tmp_path / "w1", cifar_dir)]
+    log = tmp_path / "driver.log"
+    driver = start_driver("slow", mongo_url, env, log, "--max-evals", "1")
+    try:
+        wait_until(lambda: list((tmp_path / "w1" / "results").glob("started-*")), 120,
+                   "the worker to start the trial")
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+        [job] = jobs_of(mongo_db)
+    finally:
+        driver.kill()
+        stop([worker])
+    assert worker.returncode == 130
+    assert job["state"] == JOB_STATE_NEW and job["owner"] is None and "error" not in job
+    assert "its trial is back in the queue" in (tmp_path / "w1" / "worker.log").read_text()
+
+
+def test_a_trial_that_kills_every_worker_is_given_up(tmp_path, mongo_url, mongo_db, env,
+                                                     cifar_dir):
+    workers = [start_worker(mongo_url, env, tmp_path / f"w{i}", cifar_dir) for i in (1, 2)]
+    log = tmp_path / "driver.log"
+    driver = start_driver("poison", mongo_url, env, log, "--max-evals", "1",
+                          "--stale-after", "1.5", "--max-requeues", "1")
+    try:
+        output = finish(driver, log, timeout=120)
+    finally:
+        stop(workers)
+    assert driver.returncode == 0, output
+    [job] = jobs_of(mongo_db)
+    assert job["state"] == JOB_STATE_ERROR and job["requeue_count"] == 1
+    assert job["error"][0] == "WorkerLost" and "2 times" in job["error"][1]
+    assert all(w.returncode == -signal.SIGKILL for w in workers)
+    assert "given up" in output and "1 given up" in output
+
+
+def test_restarting_the_driver_resumes_the_experiment(tmp_path, mongo_url, mongo_db, env,
+                                                      cifar_dir):
+    workers = [start_worker(mongo_url, env, tmp_path / "w1", cifar_dir)]
+    log = tmp_path / "driver.log"
+    driver = start_driver("quick", mongo_url, env, log, "--max-evals", "6", "--seed", "1")
+    try:
+        wait_until(lambda: len(jobs_of(mongo_db, JOB_STATE_DONE)) >= 2, 120, "2 trials")
+        driver.send_signal(signal.SIGTERM)
+        first = finish(driver, log, timeout=30)
+        assert driver.returncode == 130, first
+        assert "Run the same command again to resume" in first
+        log2 = tmp_path / "driver2.log"
+        driver = start_driver("quick", mongo_url, env, log2, "--max-evals", "6", "--seed", "1")
+        second = finish(driver, log2, timeout=120)
+    finally:
+        stop(workers)
+    assert driver.returncode == 0, second
+    resumed = next(line for line in second.splitlines() if line.startswith("Experiment"))
+    assert "trials finished" in resumed  # it found the experiment
+    jobs = jobs_of(mongo_db)
+    assert len(jobs) == 6 and len({j["tid"] for j in jobs}) == 6
+    assert all(j["state"] == JOB_STATE_DONE for j in jobs)
+    spaces = [json.dumps(j["misc"]["vals"], sort_keys=True) for j in jobs]
+    assert len(set(spaces)) == 6  # the resumed search did not redraw earlier trials
+    assert len(result_files(tmp_path / "w1")) == 6
+
+
+def test_unreachable_mongodb_fails_fast_with_a_clear_message(tmp_path, clean_env):
+    from conftest import free_port
+    address = f"127.0.0.1:{free_port()}/db"
+    runs = [subprocess.Popen([sys.executable, str(ROOT / script), "--mongo", address],
+                             cwd=tmp_path, env=clean_env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+            for script in ("hyperopt_optimize.py", "hyperopt_mongo_worker.py")]
+    started = time.monotonic()
+    for run in runs:
+        output, _ = run.communicate(timeout=60)
+        assert run.returncode == 1, output
+        assert f"cannot reach MongoDB at {address} within 5 s" in output
+        assert "Traceback" not in output
+    assert time.monotonic() - started < 30
+
+
+def test_a_bad_mongo_address_is_refused_in_one_line(tmp_path, clean_env):
+    for script in ("hyperopt_optimize.py", "hyperopt_mongo_worker.py"):
+        run = subprocess.run([sys.executable, str(ROOT / script), "--mongo", "h:99999/db"],
+                             cwd=tmp_path, env=clean_env, capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 2, run.stderr
+        assert run.stderr.strip().endswith(
+            "--mongo: 'h:99999/db': the port is not a number from 1 to 65535 (see --help)")
+        assert run.stderr.count("\n") == 1  # one line, no traceback
+
+
+def test_worker_needs_to_be_told_where_mongodb_is(tmp_path, clean_env):
+    run = subprocess.run([sys.executable, str(ROOT / "hyperopt_mongo_worker.py")],
+                         cwd=tmp_path, env=clean_env, capture_output=True, text=True)
+    assert run.returncode == 2 and "no MongoDB given" in run.stderr
+    assert not os.listdir(tmp_path)

@@ -19,7 +19,8 @@ sys.path[:0] = [{root!r}]
 import keras, neural_net, utils
 space = json.loads({space!r})
 config = utils.Config(epochs=1, data_dir={data!r}, offline=True, dataset_size=200)
-for change in [{{}}, {{"residual": 1.0, "use_BN": True, "activation": "elu"}}]:
+# One model that also goes through batch normalisation, a residual block and elu:
+for change in [{{"residual": 1.0, "use_BN": True, "activation": "elu"}}]:
     model, name, result = neural_net.build_and_train(dict(space, **change), config=config)
     print("RESULT", json.dumps({{"backend": keras.backend.backend(), "status": result["status"],
                                "name": name, "acc": result["fine_best_accuracy"]}}))
@@ -34,7 +35,7 @@ def test_build_and_train_under_jax(cifar_dir, clean_env):
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines()
                if line.startswith("RESULT ")]
-    assert len(results) == 2
+    assert len(results) == 1
     for result in results:
         assert result["backend"] == "jax" and result["status"] == "ok"
         assert result["name"].startswith("model_")

@@ -217,7 +217,7 @@ def test_kill_9_never_leaves_a_broken_results_pkl(clean_env, tmp_path, cifar_dir
     pkl = tmp_path / "results.pkl"
     deadline = time.time() + 300
     try:
-        while time.time() < deadline and not (pkl.exists() and len(load(pkl).trials) >= 2):
+        while time.time() < deadline and not (pkl.exists() and len(load(pkl).trials) >= 1):
             time.sleep(0.05)
         while time.time() < deadline and not trial_processes(driver):
             time.sleep(0.05)
@@ -227,7 +227,7 @@ def test_kill_9_never_leaves_a_broken_results_pkl(clean_env, tmp_path, cifar_dir
     finally:
         process.kill()
     trials = load(pkl)
-    assert len(trials.trials) >= 2
+    assert len(trials.trials) >= 1
     assert all(t["result"]["status"] in ("ok", "fail") for t in trials.trials)
     # the trial being trained does not train on for nobody
     gone, alive = psutil.wait_procs(children, timeout=30)

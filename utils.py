@@ -24,6 +24,7 @@ RESULTS_DIR = "results"
 RESULT_SUFFIX = ".txt.json"
 FAILED_PREFIX = "failed_"  # sorts before "model_", so the best result stays last
 ACCURACY_DECIMALS = 6
+FILE_MODE = 0o644  # results and results.pkl: readable by others, like any file
 
 
 class UsageError(Exception):
@@ -47,6 +48,7 @@ class Config:
     plots: bool = True
     in_process: bool = False
     keras_home: str = os.path.join("~", ".keras")
+    warm_start: str | None = None
     # The search over MongoDB (hyperopt_optimize.py --mongo ...):
     mongo: str | None = None
     exp_key: str = "hyperopt_keras_cifar100"
@@ -235,6 +237,10 @@ OPTIONS = {
                    "train each trial inside the search process instead of a fresh "
                    "child process: starts faster, but TensorFlow then keeps about 15 MB "
                    "of graphs per trial and an out-of-memory kill ends the search"),
+    "warm_start": ("--warm-start", "HKS_WARM_START", existing_dir,
+                   "first add the trials of the result JSON files in this folder "
+                   "(e.g. results/, after losing results.pkl) so TPE goes on from them; "
+                   "files already in the search are not added twice"),
     # --- the search over MongoDB ---
     "mongo": ("--mongo", "HKS_MONGO", mongo_url,
               "the search's MongoDB (the driver then queues trials for workers): HOST:PORT/DB or mongodb://USER:PASSWORD@"
@@ -275,7 +281,7 @@ OPTIONS = {
 # The single-machine search's options, and those the MongoDB driver adds.
 SEARCH_OPTIONS = ["epochs", "max_evals", "dataset_size", "data_dir", "results_dir",
                   "trials_file", "val_split", "tensorboard", "seed", "offline", "plots",
-                  "in_process"]
+                  "in_process", "warm_start"]
 DRIVER_OPTIONS = ["mongo", "exp_key", "queue_len", "stale_after", "max_requeues"]
 # What a worker decides for itself; everything else about a trial comes from the driver.
 WORKER_OPTIONS = ["mongo", "exp_key", "data_dir", "results_dir", "offline",
@@ -362,6 +368,7 @@ def atomic_write(path, data):
         data = data.encode("utf-8")
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp's files are private (0600)
         with os.fdopen(fd, "wb") as tmp:
             tmp.write(data)
             tmp.flush()

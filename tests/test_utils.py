@@ -95,6 +95,7 @@ def test_atomic_write_replaces_whole_files(tmp_path):
     utils.atomic_write(target, b"new")
     assert target.read_bytes() == b"new"
     assert os.listdir(tmp_path) == ["results.pkl"]
+    assert target.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
 
 
 def test_atomic_write_interrupted_mid_write_keeps_the_old_file(tmp_path, monkeypatch):

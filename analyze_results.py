@@ -1,0 +1,648 @@
+"""Analyse the trials of a finished (or running) search: a leaderboard, three
+plots, one CSV, and optionally TensorBoard's HParams dashboard.
+
+    python3 analyze_results.py [--results-dir results/] [--out-dir DIR] [--top N]
+                               [--to-tensorboard DIR]
+
+Reads every results/*.txt.json: this project's results (Keras 3 metric names,
+`epochs`, `training_seconds`, ...), failed trials (`failed_<id>.txt.json`) and
+the original project's results (Keras 2 names, `fine_outputs_acc`). Other files
+are ignored; a *.txt.json that is not valid JSON, or not a trial result, is
+skipped with a warning naming it.
+
+Prints the top N trials by best fine accuracy, with the hyperparameters that
+differ most among them, and a summary line. Writes, in --out-dir (default: the
+results folder):
+
+- results.csv: one row per readable trial (failed ones included), with its
+  accuracies, losses, epochs and hyperparameters; a conditional
+  hyperparameter (`first_conv`, `residual`, `one_more_fc`: null when the
+  choice was "none") is an empty cell where it was not used.
+- hyperparameters_scatter_matrix.png: the successful trials, coloured by fine
+  accuracy. All ~20 hyperparameters would make 500 unreadable panels, so it
+  shows the SCATTER_HPARAMS encoded hyperparameters most related to fine
+  accuracy (largest |Spearman correlation|), plus the fine and coarse
+  accuracies. Encoding: a boolean is 0/1, a string a category code with its
+  labels on the axis, a conditional hyperparameter two columns: "<name> used"
+  (0/1) and "<name>" (its value where used, left out of that panel elsewhere).
+- optimization_history.png: each trial's fine accuracy in the order the files
+  were written (modification time), the running best as a step line, failed
+  trials as red crosses. Files written within TIE_SECONDS of each other were
+  copied together (a checkout, `cp -r`, the original results), so their real
+  order is lost: they are ordered by the random id in their name, which is
+  stable and, unlike the name itself, says nothing of the accuracy.
+- learning_curves.png: the validation fine accuracy per epoch of the top N.
+
+--to-tensorboard DIR writes each successful trial as one run folder of
+TensorBoard's HParams dashboard (DIR/<model_name>/: its hyperparameters and
+final metrics), and the experiment (the hyperparameters' domains and the
+metrics) in DIR itself: `tensorboard --logdir DIR`, then the HPARAMS tab.
+write_hparams_run() and write_hparams_experiment() do that for one trial and
+are meant to be called by the search too. Only the `tensorboard` package is
+used, never TensorFlow (whose import takes seconds).
+
+Exit codes: 0 done (also for a folder without results), 1 missing results
+folder or an output that cannot be written, 2 bad flags.
+"""
+
+import argparse
+import io
+import math
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import utils
+
+# matplotlib and the tensorboard protos are imported by the functions that use
+# them, so that --help, bad flags and a missing folder are answered at once.
+
+TOP_N = 10
+LEADERBOARD_HPARAMS = 6  # hyperparameter columns shown in the leaderboard
+SCATTER_HPARAMS = 10  # hyperparameter columns in the scatter matrix (+ 2 accuracies)
+TIE_SECONDS = 0.1  # result files written closer than this were copied together
+DPI = 80
+PANEL_INCHES = 1.3  # one panel of the scatter matrix
+CSV_NAME = "results.csv"
+SCATTER_PNG = "hyperparameters_scatter_matrix.png"
+HISTORY_PNG = "optimization_history.png"
+CURVES_PNG = "learning_curves.png"
+
+# What a result says about its trial, in the order of the CSV's columns.
+RESULT_COLUMNS = [
+    "fine_best_accuracy", "coarse_best_accuracy", "fine_end_accuracy",
+    "coarse_end_accuracy", "fine_best_loss", "coarse_best_loss", "fine_end_loss",
+    "coarse_end_loss", "loss", "real_loss", "test_fine_accuracy", "test_coarse_accuracy",
+    "epochs", "training_seconds", "nb_params", "train_images", "validation_images",
+]
+# Validation fine accuracy per epoch: Keras 3 name (this project), Keras 2 (the original's).
+VAL_FINE_KEYS = ["val_fine_outputs_accuracy", "val_fine_outputs_acc"]
+
+# The keys of hyperopt_optimize.space that are hp.choice([None, ...]): null in
+# a result when that part of the model is not used.
+CONDITIONAL_HPARAMS = ("first_conv", "residual", "one_more_fc")
+NONE = "none"  # a conditional hyperparameter's HParams value when unused
+# Final metrics written to TensorBoard, when a result has them.
+METRIC_TAGS = ["fine_best_accuracy", "coarse_best_accuracy", "fine_end_accuracy",
+               "coarse_end_accuracy", "fine_best_loss", "coarse_best_loss",
+               "test_fine_accuracy", "test_coarse_accuracy", "training_seconds"]
+EVENTS_SUFFIX = ".hks-hparams"  # marks the event files this script writes (and replaces)
+
+
+class OutputError(Exception):
+    """An output file or folder cannot be written."""
+
+
+# ------------------------------------------------------------ reading ----
+
+def read_results(results_dir):
+    """Every *.txt.json of the folder, oldest first (see trial_order).
+    Returns (trials, skipped): trials are dicts with the file's `path`,
+    `mtime` and `result`; skipped are (path, reason) of unusable files."""
+    trials, skipped = [], []
+    for name in utils.result_files(results_dir):
+        path = Path(name)
+        try:
+            result = utils.load_json_result(path)
+            mtime = path.stat().st_mtime
+        except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
+            skipped.append((path, f"not readable JSON ({err})"))
+            continue
+        problem = result_problem(result)
+        if problem:
+            skipped.append((path, problem))
+        else:
+            trials.append({"path": path, "mtime": mtime, "result": result})
+    return trial_order(trials), skipped
+
+
+def result_problem(result):
+    """Why a JSON value is not a usable trial result, or None."""
+    if not isinstance(result, dict):
+        return f"a JSON {type(result).__name__}, not a trial result"
+    if not isinstance(result.get("space"), dict):
+        return "no 'space' (hyperparameters) in it"
+    if not isinstance(result.get("model_name"), str):
+        return "no 'model_name' in it"
+    if result.get("status") == "ok" and not is_number(result.get("fine_best_accuracy")):
+        return "status 'ok' but no fine_best_accuracy"
+    return None
+
+
+def is_number(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def trial_id(path):
+    """The random id at the end of a result's name: model_0.6761_<id>.txt.json."""
+    return path.name.removesuffix(utils.RESULT_SUFFIX).rsplit("_", 1)[-1]
+
+
+def trial_order(trials):
+    """Sort by modification time; files less than TIE_SECONDS apart (copied
+    together, so their real order is lost) by their id instead."""
+    trials = sorted(trials, key=lambda t: (t["mtime"], t["path"].name))
+    group, groups = [], []
+    for trial in trials:
+        if group and trial["mtime"] - group[-1]["mtime"] >= TIE_SECONDS:
+            groups.append(group)
+            group = []
+        group.append(trial)
+    groups.append(group)
+    return [t for g in groups for t in sorted(g, key=lambda t: (trial_id(t["path"]),
+                                                                  t["path"].name))]
+
+
+def val_fine_curve(result):
+    """Validation fine accuracy per epoch (Keras 3 or Keras 2 name), or []."""
+    history = result.get("history") or {}
+    for key in VAL_FINE_KEYS:
+        if isinstance(history.get(key), list):
+            return [v if is_number(v) else np.nan for v in history[key]]
+    return []
+
+
+def trials_frame(trials):
+    """One row per trial: file, status, RESULT_COLUMNS, error, then one column
+    per hyperparameter (NaN where a conditional one is null)."""
+    rows = []
+    for number, trial in enumerate(trials, 1):
+        result = trial["result"]
+        row = {"trial": number, "file": trial["path"].name, "status": result.get("status"),
+               "model_name": result.get("model_name")}
+        row.update({key: result.get(key) for key in RESULT_COLUMNS})
+        if row["epochs"] is None:  # the original's results: the history says
+            row["epochs"] = len(val_fine_curve(result)) or None
+        row["error"] = str(result.get("error") or "").strip().split("\n")[0] or None
+        rows.append(row)
+    info = pd.DataFrame(rows, columns=["trial", "file", "status", "model_name",
+                                       *RESULT_COLUMNS, "error"])
+    for key in RESULT_COLUMNS:
+        info[key] = pd.to_numeric(info[key], errors="coerce")
+    space = pd.DataFrame([t["result"]["space"] for t in trials], index=info.index)
+    space = space.rename(columns=lambda c: f"space.{c}" if c in info.columns else c)
+    return pd.concat([info, space], axis=1), list(space.columns)
+
+
+# ------------------------------------------------------------ encoding ----
+
+def encode_hyperparameters(frame, names):
+    """Numbers for plotting: (DataFrame of floats, {column: tick labels}).
+    bool -> 0/1; strings -> category codes (labels kept for the axis); a
+    hyperparameter that is null in some trials -> '<name> used' (0/1) and
+    '<name>' (its value where used, NaN elsewhere)."""
+    columns, labels = {}, {}
+    for name in names:
+        values = frame[name]
+        used = values.notna()
+        if not used.any():
+            continue
+        if not used.all():
+            columns[f"{name} used"] = used.astype(float)
+            labels[f"{name} used"] = ["no", "yes"]
+        present = values[used]
+        if present.map(lambda v: isinstance(v, (bool, np.bool_))).all():
+            columns[name] = values.map({True: 1.0, False: 0.0}).astype(float)
+            labels[name] = ["False", "True"]
+        elif present.map(is_number).all():
+            columns[name] = pd.to_numeric(values, errors="coerce").astype(float)
+        else:  # strings, or mixed: categories
+            text = present.astype(str)
+            categories = sorted(text.unique())
+            codes = pd.Categorical(text, categories=categories).codes
+            columns[name] = pd.Series(codes, index=text.index, dtype=float).reindex(frame.index)
+            labels[name] = categories
+    return pd.DataFrame(columns, index=frame.index), labels
+
+
+def varying_columns(encoded, rows, count):
+    """The `count` hyperparameters (names without ' used') that differ most
+    among `rows`: spread (std) of each column scaled to [0, 1] over all trials."""
+    span = (encoded.max() - encoded.min()).replace(0, np.nan)
+    scaled = (encoded - encoded.min()) / span
+    spread = scaled.loc[rows].std(ddof=0).fillna(0)
+    spread = spread.groupby(lambda c: c.removesuffix(" used")).max()
+    spread = spread[spread > 0].sort_values(ascending=False, kind="stable")
+    return list(spread.index[:count])
+
+
+def scatter_columns(encoded, fine, count):
+    """The `count` non-constant encoded columns most related to fine accuracy
+    (largest |Spearman correlation|, over the trials where they are known)."""
+    strength = {}
+    for name, values in encoded.items():
+        known = values.notna() & fine.notna()
+        if values[known].nunique() > 1:
+            # Spearman = Pearson on ranks (pandas' own Spearman imports scipy: seconds)
+            strength[name] = abs(values[known].rank().corr(fine[known].rank()))
+    strength = pd.Series(strength, dtype=float).fillna(0)
+    return list(strength.sort_values(ascending=False, kind="stable").index[:count])
+
+
+# ---------------------------------------------------------- leaderboard ----
+
+def leaderboard(frame, hparams, ok, top):
+    """The top trials as a printable table: accuracies, epochs, time, and the
+    hyperparameters that differ most among them."""
+    best = frame[ok].sort_values("fine_best_accuracy", ascending=False, kind="stable").head(top)
+    encoded, _ = encode_hyperparameters(frame, hparams)
+    shown = varying_columns(encoded, best.index, LEADERBOARD_HPARAMS)
+    table = pd.DataFrame({
+        "rank": range(1, len(best) + 1),
+        "fine": best["fine_best_accuracy"].map("{:.4f}".format),
+        "coarse": best["coarse_best_accuracy"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}"),
+        "epochs": best["epochs"].map(lambda v: "-" if pd.isna(v) else f"{v:.0f}"),
+        "time": best["training_seconds"].map(lambda v: "-" if pd.isna(v) else f"{v:.0f} s"),
+    })
+    for name in shown:
+        table[name] = best[name].map(short_value)
+    table["file"] = best["file"]
+    return table.to_string(index=False)
+
+
+def short_value(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NONE
+    if is_number(value):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def summary_line(frame, ok, skipped):
+    failed = (~ok).sum()
+    line = (f"Summary: {len(frame)} trials read ({ok.sum()} successful, {failed} failed), "
+            f"{len(skipped)} skipped")
+    if ok.any():
+        best = frame.loc[frame.loc[ok, "fine_best_accuracy"].idxmax()]
+        line += f"; best fine accuracy {best['fine_best_accuracy']:.4f} in {best['file']}"
+    return line
+
+
+# ---------------------------------------------------------------- plots ----
+
+def new_figure(width, height):
+    """A matplotlib Figure drawn by Agg. Not registered with pyplot: no global
+    backend is switched for whoever imports this module, and there is nothing
+    to close (the figure goes with its last reference)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure, path):
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    write_output(path, buffer.getvalue())
+
+
+def plot_scatter_matrix(frame, hparams, ok, path):
+    """The lower triangle of a scatter matrix: the SCATTER_HPARAMS encoded
+    hyperparameters most related to fine accuracy, then the fine and coarse
+    accuracies (so the last two rows show each accuracy against each
+    hyperparameter); histograms on the diagonal; colour = fine accuracy.
+    The upper triangle would only mirror it, at twice the drawing time."""
+    from matplotlib.ticker import MaxNLocator
+    trials = frame[ok]
+    encoded, labels = encode_hyperparameters(trials, hparams)
+    fine = trials["fine_best_accuracy"]
+    columns = scatter_columns(encoded, fine, SCATTER_HPARAMS)
+    data = encoded[columns].assign(fine_best_accuracy=fine,
+                                   coarse_best_accuracy=trials["coarse_best_accuracy"])
+    data = data.loc[:, data.notna().any()]
+    n = len(data.columns)
+    figure = new_figure(PANEL_INCHES * n + 1.2, PANEL_INCHES * n + 1.2)
+    grid = figure.add_gridspec(n, n, left=1.0 / figure.get_figwidth(), right=0.98,
+                               bottom=1.1 / figure.get_figheight(), top=0.94,
+                               wspace=0.08, hspace=0.08)
+    limits = {c: axis_limits(data[c], c in labels) for c in data.columns}
+    whole = {c: bool((data[c].dropna() % 1 == 0).all()) for c in data.columns}
+    points = None
+    for i, y_name in enumerate(data.columns):
+        for j, x_name in enumerate(data.columns[:i + 1]):
+            ax = figure.add_subplot(grid[i, j])
+            x, y = data[x_name], data[y_name]
+            if i == j:
+                draw_histogram(ax, x, limits[x_name])
+            else:
+                known = x.notna() & y.notna()  # a conditional's NaN: left out
+                points = ax.scatter(x[known], y[known], c=fine[known], s=12, cmap="viridis",
+                                    vmin=fine.min(), vmax=fine.max(), edgecolors="none")
+            ax.set_xlim(limits[x_name])
+            ax.set_ylim(limits[y_name])
+            for axis, name, outer in ((ax.xaxis, x_name, i == n - 1),
+                                      (ax.yaxis, y_name, j == 0)):
+                if not outer:
+                    axis.set_ticks([])  # ticks on the outer panels only: much faster
+                elif name in labels:
+                    axis.set_ticks(range(len(labels[name])), labels[name])
+                else:
+                    axis.set_major_locator(MaxNLocator(3, integer=whole[name]))
+            if i == n - 1:
+                ax.set_xlabel(x_name, fontsize=7)
+                ax.tick_params(axis="x", labelsize=6, length=2, labelrotation=45)
+            if j == 0:
+                ax.set_ylabel(y_name, fontsize=7)
+                ax.tick_params(axis="y", labelsize=6, length=2)
+    if points is not None:
+        bar = figure.add_axes([0.55, 0.85, 0.4, 0.015])
+        figure.colorbar(points, cax=bar, orientation="horizontal", label="fine accuracy")
+    figure.suptitle(f"{len(trials)} successful trials: the {len(columns)} hyperparameters "
+                    "most related to fine accuracy (|Spearman|)")
+    save_figure(figure, path)
+
+
+def axis_limits(values, categorical):
+    if categorical:
+        return -0.5, values.max() + 0.5
+    low, high = values.min(), values.max()
+    pad = (high - low) * 0.06 or abs(high) * 0.06 or 0.5
+    return low - pad, high + pad
+
+
+def draw_histogram(ax, values, limits):
+    """A histogram drawn in the variable's own range, so that the diagonal
+    panel's y axis shares its row's scale (as pandas' scatter_matrix does)."""
+    values = values.dropna()
+    counts, edges = np.histogram(values, bins=min(10, max(1, values.nunique())),
+                                 range=limits)
+    heights = counts / max(counts.max(), 1) * (limits[1] - limits[0]) * 0.9
+    ax.bar(edges[:-1], heights, width=np.diff(edges), bottom=limits[0], align="edge",
+           color="0.6", edgecolor="white")
+
+
+def plot_history(frame, ok, path, ordered_by_id):
+    """Fine accuracy per trial in order, the running best, failed trials."""
+    figure = new_figure(10, 4.5)
+    ax = figure.subplots()
+    fine = frame["fine_best_accuracy"].where(ok)
+    ax.scatter(frame["trial"][ok], fine[ok], s=18, label="trial (best epoch)")
+    ax.step(frame["trial"], fine.cummax().ffill(), where="post", color="C1",
+            label="best so far")
+    if (~ok).any():
+        ax.scatter(frame["trial"][~ok], np.zeros((~ok).sum()), marker="x", color="red",
+                   s=40, label=f"failed ({(~ok).sum()})")
+    ax.set_xlabel("trial, in the order written" + (
+        " (files copied together: by id)" if ordered_by_id else ""))
+    ax.set_ylabel("fine accuracy")
+    ax.set_title("Optimization history")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def plot_learning_curves(trials, frame, ok, top, path):
+    """Validation fine accuracy per epoch of the top trials."""
+    figure = new_figure(10, 6)
+    ax = figure.subplots()
+    best = frame[ok].sort_values("fine_best_accuracy", ascending=False, kind="stable").head(top)
+    for index, row in best.iterrows():
+        curve = val_fine_curve(trials[index]["result"])
+        if curve:
+            ax.plot(range(1, len(curve) + 1), curve, linewidth=1,
+                    label=f"{row['fine_best_accuracy']:.4f} {row['model_name']}")
+    if ax.lines:
+        ax.legend(loc="lower right", fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no per-epoch history in these results", ha="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation fine accuracy")
+    ax.set_title(f"Learning curves of the top {len(best)} trials")
+    ax.grid(alpha=0.3)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def write_output(path, data):
+    try:
+        utils.atomic_write(path, data)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err}") from None
+
+
+# ------------------------------------------------- TensorBoard HParams ----
+
+def hparams_of(space, conditional=CONDITIONAL_HPARAMS):
+    """A result's `space` as the flat dict of HParams values: bool and str as
+    they are, numbers as float. A conditional hyperparameter is always a str
+    (its value, e.g. '3', or 'none' when unused) so that it has one type in
+    every run, as the dashboard needs; any other null becomes 'none' too."""
+    values = {}
+    for name, value in space.items():
+        if value is None:
+            values[name] = NONE
+        elif name in conditional:
+            values[name] = f"{value:g}" if is_number(value) else str(value)
+        elif isinstance(value, (bool, str)):
+            values[name] = value
+        elif is_number(value):
+            values[name] = float(value)
+        else:
+            values[name] = str(value)
+    return values
+
+
+def final_metrics(result):
+    """{tag: value} of the METRIC_TAGS the result has."""
+    return {tag: float(result[tag]) for tag in METRIC_TAGS if is_number(result.get(tag))}
+
+
+def write_hparams_run(result, log_dir, conditional=CONDITIONAL_HPARAMS):
+    """Write one successful trial to log_dir/<model_name>/ for TensorBoard's
+    HParams dashboard: its hyperparameters (hparams_of) and its final metrics
+    as scalars. Writing the same trial again replaces its file. Returns the
+    run folder, or None for a failed trial (nothing is written)."""
+    from tensorboard.plugins.hparams import summary_v2
+    if result.get("status") != "ok":
+        return None
+    run_dir = Path(log_dir) / Path(str(result["model_name"])).name
+    epochs = result.get("epochs")
+    step = int(epochs) if is_number(epochs) else len(val_fine_curve(result))
+    summaries = [(0, summary_v2.hparams_pb(hparams_of(result["space"], conditional),
+                                           trial_id=str(result["model_name"])))]
+    summaries += [(step, scalar_summary(tag, value))
+                  for tag, value in final_metrics(result).items()]
+    write_events(run_dir, summaries)
+    return run_dir
+
+
+def write_hparams_experiment(log_dir, results, conditional=CONDITIONAL_HPARAMS):
+    """Write the experiment in log_dir itself: each hyperparameter's domain
+    over the successful `results` (the values seen: an interval for numbers,
+    the set for str and bool) and the metrics they have. Replaces the one
+    written before; a running TensorBoard shows new domains after a restart.
+    Returns the number of hyperparameters. Without a successful result it
+    writes nothing (an empty experiment would hide the runs' hyperparameters)."""
+    from tensorboard.plugins.hparams import summary_v2 as hp
+    results = [r for r in results if r.get("status") == "ok"]
+    if not results:
+        return 0
+    seen = {}
+    for result in results:
+        for name, value in hparams_of(result["space"], conditional).items():
+            seen.setdefault(name, []).append(value)
+    hparams = []
+    for name, values in sorted(seen.items()):
+        kinds = {type(v) for v in values}
+        if kinds == {float}:
+            domain = hp.RealInterval(min(values), max(values))
+        elif len(kinds) == 1:
+            domain = hp.Discrete(sorted(set(values)))
+        else:
+            domain = None  # mixed types: only possible with an unlisted conditional
+        description = f"'{NONE}' when not used" if name in conditional else None
+        hparams.append(hp.HParam(name, domain, description=description))
+    tags = [tag for tag in METRIC_TAGS if any(is_number(r.get(tag)) for r in results)]
+    metrics = [hp.Metric(tag, display_name=tag.replace("_", " ")) for tag in tags]
+    write_events(Path(log_dir), [(0, hp.hparams_config_pb(hparams, metrics))])
+    return len(hparams)
+
+
+def scalar_summary(tag, value):
+    from tensorboard.compat.proto import summary_pb2
+    return summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)])
+
+
+def write_events(folder, summaries):
+    """One event file of (step, Summary) in `folder`, replacing the one this
+    script wrote there before. tensorboard's EventFileWriter is not used: it
+    imports TensorFlow when installed (seconds) for its file access."""
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob(f"events.out.tfevents.*{EVENTS_SUFFIX}"):
+        old.unlink()
+    now = time.time()
+    buffer = io.BytesIO()
+    records = RecordWriter(buffer)
+    records.write(event_pb2.Event(wall_time=now, file_version="brain.Event:2")
+                  .SerializeToString())
+    for step, summary in summaries:
+        records.write(event_pb2.Event(wall_time=now, step=step, summary=summary)
+                      .SerializeToString())
+    name = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}"
+    # A plain write, not utils.atomic_write: TensorBoard would read its
+    # temporary file (the name holds "tfevents"), and it copes with a file
+    # that is still being written.
+    (folder / (name + EVENTS_SUFFIX)).write_bytes(buffer.getvalue())
+
+
+def write_tensorboard(trials, log_dir, conditional):
+    """--to-tensorboard: every successful trial, then the experiment."""
+    results = [t["result"] for t in trials if t["result"].get("status") == "ok"]
+    if not results:
+        print("TensorBoard: no successful trial to write.")
+        return
+    try:
+        for result in results:
+            write_hparams_run(result, log_dir, conditional)
+        count = write_hparams_experiment(log_dir, results, conditional)
+    except OSError as err:
+        raise OutputError(f"cannot write to --to-tensorboard {log_dir}: {err}") from None
+    print(f"TensorBoard: {len(results)} runs with {count} hyperparameters in {log_dir}/ "
+          f"(tensorboard --logdir {log_dir}, then the HPARAMS tab)")
+
+
+# ------------------------------------------------------------------ main ----
+
+def positive_int(text):
+    try:
+        return utils.positive_int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def build_parser():
+    parser = utils.OneLineErrorParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Writes results.csv, hyperparameters_scatter_matrix.png, "
+               "optimization_history.png and learning_curves.png in --out-dir.")
+    parser.add_argument("--results-dir", default=utils.RESULTS_DIR,
+                        help="folder of the trials' *.txt.json (default: %(default)s)")
+    parser.add_argument("--out-dir", default=None,
+                        help="where the CSV and the plots go (default: the results folder)")
+    parser.add_argument("--top", type=positive_int, default=TOP_N, metavar="N",
+                        help="trials in the leaderboard and the learning curves "
+                             "(default: %(default)s)")
+    parser.add_argument("--to-tensorboard", default=None, metavar="DIR",
+                        help="also write every successful trial to TensorBoard's "
+                             "HParams dashboard in DIR")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    results_dir = Path(args.results_dir)
+    if not results_dir.is_dir():
+        print(f"error: results folder {results_dir} does not exist (see --results-dir)",
+              file=sys.stderr)
+        return 1
+    trials, skipped = read_results(results_dir)
+    for path, reason in skipped:
+        print(f"warning: skipped {path.name}: {reason}", file=sys.stderr)
+    if not trials:
+        print(f"No trial results (*{utils.RESULT_SUFFIX}) to analyse in {results_dir}/"
+              + (f" ({len(skipped)} skipped)." if skipped else "."))
+        return 0
+    try:
+        analyse(trials, skipped, args)
+    except OutputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def analyse(trials, skipped, args):
+    """Print the failed trials and the leaderboard, write the CSV, the plots
+    and the TensorBoard runs, print the summary."""
+    out_dir = Path(args.out_dir or args.results_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot use --out-dir {out_dir}: {err}") from None
+    frame, hparams = trials_frame(trials)
+    ok = frame["status"].eq("ok")
+
+    if not ok.all():
+        print(f"Failed trials ({(~ok).sum()}):")
+        for _, row in frame[~ok].iterrows():
+            print(f"  {row['file']}: {row['error'] or 'status ' + repr(row['status'])}")
+        print()
+    if ok.any():
+        print(f"Top {min(args.top, ok.sum())} of {ok.sum()} successful trials, "
+              "by best fine accuracy:")
+        print(leaderboard(frame, hparams, ok, args.top) + "\n")
+    else:
+        print("No successful trial: no leaderboard, scatter matrix or learning curves.")
+
+    write_output(out_dir / CSV_NAME, frame.convert_dtypes().to_csv(index=False))
+    written = [CSV_NAME]
+    if ok.any():
+        plot_scatter_matrix(frame, hparams, ok, out_dir / SCATTER_PNG)
+        plot_learning_curves(trials, frame, ok, args.top, out_dir / CURVES_PNG)
+        written += [SCATTER_PNG, CURVES_PNG]
+    ordered_by_id = any(b["mtime"] - a["mtime"] < TIE_SECONDS
+                        for a, b in zip(trials, trials[1:]))
+    plot_history(frame, ok, out_dir / HISTORY_PNG, ordered_by_id)
+    written.append(HISTORY_PNG)
+    print(f"Wrote {', '.join(written)} in {out_dir}/")
+
+    if args.to_tensorboard:
+        # Keys null in some trial of this folder are conditional too (a changed space).
+        nullable = {name for name in hparams if frame[name].isna().any()}
+        write_tensorboard(trials, args.to_tensorboard,
+                          tuple(sorted(set(CONDITIONAL_HPARAMS) | nullable)))
+    print(summary_line(frame, ok, skipped))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import hyperopt.pyll
 from hyperopt import (JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_RUNNING,
                       Trials, fmin, hp, tpe)
 from hyperopt.exceptions import AllTrialsFailed
@@ -128,7 +129,25 @@ def optimize_cnn(hype_space, config):
     except OSError as err:
         print(f"warning: could not write the result of {result['model_name']} to "
               f"{config.results_dir}/ ({err}); it is still kept in {config.trials_file}.")
+    if config.tensorboard and result.get("status") == "ok":
+        log_hparams(result, config)
     return result
+
+
+def log_hparams(result, config):
+    """Show the trial in TensorBoard's HParams dashboard: its hyperparameters
+    and final accuracies in TensorBoard/<model_name>/ (beside the per-epoch
+    scalars), and the experiment's domains over every result so far."""
+    import analyze_results
+    import neural_net
+    try:
+        analyze_results.write_hparams_run(result, neural_net.TENSORBOARD_DIR)
+        trials, _ = analyze_results.read_results(config.results_dir)
+        analyze_results.write_hparams_experiment(neural_net.TENSORBOARD_DIR,
+                                                 [t["result"] for t in trials])
+    except OSError as err:
+        print(f"warning: could not write {result['model_name']} to TensorBoard's "
+              f"HParams ({err}); the search goes on.")
 
 
 def train_trial(hype_space, config):
@@ -286,6 +305,109 @@ def save_finished_trials(trials, done, path):
         utils.atomic_pickle(trials, path)
 
 
+# ------------------------------------------------------- warm start ----
+
+class SpaceMismatch(ValueError):
+    """A stored hyperspace that the current search space cannot have drawn."""
+
+
+def same_value(stored, option):
+    """Equality that does not take True for 1 (use_BN vs nb_conv_pool_layers)."""
+    if isinstance(stored, bool) or isinstance(option, bool):
+        return type(stored) is type(option) and stored == option
+    return stored == option
+
+
+def encode_value(node, value, labels):
+    """Record in `labels` (label -> internal value) what hyperopt must have
+    drawn for `node` to evaluate to `value`: the option's index for hp.choice
+    (and the draws inside the chosen option), the number for the others."""
+    while node.name in ("float", "int"):
+        node = node.pos_args[0]
+    if node.name == "literal":
+        if not same_value(value, node.obj):
+            raise SpaceMismatch(f"{value!r} is not {node.obj!r}")
+        return
+    if node.name == "switch":  # hp.choice(label, options)
+        label = node.pos_args[0].pos_args[0].obj
+        for index, option in enumerate(node.pos_args[1:]):
+            attempt = {}
+            try:
+                encode_value(option, value, attempt)
+            except SpaceMismatch:
+                continue
+            labels.update(attempt, **{label: index})
+            return
+        raise SpaceMismatch(f"{label}: {value!r} is none of its choices")
+    if node.name != "hyperopt_param":
+        raise SpaceMismatch(f"cannot invert a {node.name!r} expression")
+    label, distribution = node.pos_args[0].obj, node.pos_args[1]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpaceMismatch(f"{label}: {value!r} is not a number")
+    bounds = {k: distribution.arg[k].obj for k in ("low", "high") if k in distribution.arg}
+    if distribution.name.endswith("loguniform"):
+        bounds = {k: np.exp(v) for k, v in bounds.items()}
+    q = distribution.arg["q"].obj if "q" in distribution.arg else 0
+    low, high = bounds.get("low", -np.inf) - q, bounds.get("high", np.inf) + q
+    if not low <= value <= high:
+        raise SpaceMismatch(f"{label}: {value!r} is outside the search range")
+    labels[label] = value
+
+
+def misc_of(hype_space, tid):
+    """hyperopt's `misc` for a trial that drew `hype_space`: `vals`/`idxs`
+    hold one value per label the draw used and nothing for unused branches."""
+    labels = {}
+    missing = sorted(set(space) - set(hype_space))
+    if missing:
+        raise SpaceMismatch(f"no value for {', '.join(missing)}")
+    for key, node in space.items():
+        try:
+            encode_value(node, hype_space[key], labels)
+        except SpaceMismatch as err:
+            where = "" if str(err).startswith(f"{key}:") else f"{key}: "
+            raise SpaceMismatch(f"{where}{err}") from None
+    every_label = {node.pos_args[0].obj for node in hyperopt.pyll.dfs(hyperopt.pyll.as_apply(space))
+                   if node.name == "hyperopt_param"}
+    return {"tid": tid, "cmd": ("domain_attachment", "FMinIter_Domain"), "workdir": None,
+            "idxs": {label: [tid] if label in labels else [] for label in every_label},
+            "vals": {label: [labels[label]] if label in labels else [] for label in every_label}}
+
+
+def warm_start(trials, results_dir):
+    """Add the trials of the result files in `results_dir` that `trials` does
+    not hold yet (by model name) as finished trials, so that TPE goes on from
+    them. Files that cannot be read or do not fit the search space are skipped
+    with the reason. Returns the number added."""
+    known = {t["result"].get("model_name") for t in trials.trials}
+    results = []
+    for path in utils.result_files(results_dir):
+        try:
+            result = utils.load_json_result(path)
+            if result.get("model_name") in known:
+                continue
+            if result.get("status") not in ("ok", "fail"):
+                raise SpaceMismatch(f"status {result.get('status')!r}")
+            if result["status"] == "ok" and not isinstance(result.get("loss"), (int, float)):
+                raise SpaceMismatch("no loss")
+            misc_of(result.get("space") or {}, 0)  # check it fits before taking a trial id
+        except (OSError, ValueError, AttributeError) as err:
+            print(f"warm start: skipped {path}: {err}")
+            continue
+        known.add(result.get("model_name"))
+        results.append(result)
+    if not results:
+        return 0
+    tids = trials.new_trial_ids(len(results))
+    docs = trials.new_trial_docs(tids, [None] * len(results), results,
+                                 [misc_of(r["space"], tid) for r, tid in zip(results, tids)])
+    for doc in docs:
+        doc["state"] = JOB_STATE_DONE
+    trials.insert_trial_docs(docs)
+    trials.refresh()
+    return len(docs)
+
+
 # ------------------------------------------------------ over MongoDB ----
 
 def run_mongo_search(config):
@@ -302,6 +424,9 @@ def run_mongo_search(config):
     # by its first use, hyperopt warns and skips ahead).
     trials.handle.db.job_ids.update_one({"a": 0}, {"$setOnInsert": {"last_id": 0}},
                                         upsert=True)
+    if config.warm_start:
+        print(f"Warm start: added {warm_start(trials, config.warm_start)} trials from "
+              f"{config.warm_start}/.")
     counts = job_counts(trials.handle.jobs, config.exp_key)
     print(f"Experiment {config.exp_key!r} in MongoDB at {utils.redact(config.mongo)}: "
           + describe_counts(counts) + ". Start workers with: python3 "
@@ -455,6 +580,16 @@ def main(argv=None):
     try:
         Path(config.results_dir).mkdir(parents=True, exist_ok=True)
         trials = load_trials(config.trials_file)  # refuse a broken file before any work
+        if config.warm_start:
+            added = warm_start(trials, config.warm_start)
+            print(f"Warm start: added {added} trials from {config.warm_start}/ "
+                  f"({len(trials.trials)} in the search).")
+            if added:
+                utils.atomic_pickle(trials, config.trials_file)
+        elif not trials.trials and utils.result_files(config.results_dir):
+            print(f"note: {config.trials_file} does not exist but {config.results_dir}/ "
+                  f"holds {len(utils.result_files(config.results_dir))} result files; to let "
+                  f"TPE start from them, run again with --warm-start {config.results_dir}")
     except (SearchError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

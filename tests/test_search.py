@@ -270,3 +270,17 @@ def test_real_space_end_to_end_with_plots(clean_env, tmp_path, cifar_dir):
     saved = json.loads(result.read_text())
     assert saved["status"] == "ok" and saved["train_images"] == 80
     assert len(load(tmp_path / "results.pkl").trials) == 1
+
+
+def test_tensorboard_shows_each_trial_in_the_hparams_dashboard(config, tiny_space, tmp_path,
+                                                                monkeypatch):
+    from test_analyze_results import read_events, run_contents
+    monkeypatch.chdir(tmp_path)
+    config.tensorboard, config.in_process = True, True
+    result = hyperopt_optimize.optimize_cnn(tiny_space, config)
+    run = tmp_path / "TensorBoard" / result["model_name"]
+    hparams, metrics = run_contents(run)
+    assert hparams["optimizer"] == "Adam" and hparams["residual"] == "none"
+    assert metrics["fine_best_accuracy"] == pytest.approx(result["fine_best_accuracy"])
+    assert (run / "train").is_dir() and (run / "validation").is_dir()  # the epochs' scalars
+    assert read_events(tmp_path / "TensorBoard")  # the experiment: domains and metrics

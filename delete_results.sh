@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Delete everything a search wrote: result files, results.pkl, model plots and
-# TensorBoard logs. Asks first; -y skips the question.
+# Delete everything a search wrote: result files, results.pkl, model plots,
+# TensorBoard logs, weights, and what analyze_results.py and
+# conv_filters_visualization.py drew from them. Asks first; -y skips the question.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-targets=(results/*.txt.json results.pkl model_demo.png model_best.png TensorBoard weights)
+targets=(results/*.txt.json results/results.csv results/*.png results.pkl model_demo.png
+         model_best.png TensorBoard weights layers)
 existing=()
 for target in "${targets[@]}"; do
     [ -e "$target" ] && existing+=("$target")

@@ -400,9 +400,10 @@ def inception_reduction(x, n_filters, hs):
 # ------------------------------------------------------------ training ----
 
 def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=False,
-                    config=None):
+                    config=None, histogram_freq=0):
     """Build the model of `hype_space`, train it and return `(model,
-    model_name, result)`. A loss that turns NaN/inf ends the trial as failed."""
+    model_name, result)`. A loss that turns NaN/inf ends the trial as failed.
+    `histogram_freq` N > 0 also logs weight histograms every N epochs to TensorBoard."""
     config = config or utils.config_from_env()
     train, val, test = training_data(config)
     uid = uuid.uuid4().hex[:5]
@@ -410,7 +411,8 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
     callbacks = [keras.callbacks.TerminateOnNaN()]
     log_dir = Path(TENSORBOARD_DIR) / uid
     if log_for_tensorboard or config.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir),
+                                                     histogram_freq=histogram_freq))
     if test is not None:  # evaluate the test split with the best epoch's weights
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_fine_outputs_accuracy", mode="max", patience=config.epochs,

@@ -13,6 +13,9 @@ def project_copy(tmp_path):
     (tmp_path / "results" / "model_0.500000_abcde.txt.json").write_text("{}")
     (tmp_path / "results" / "failed_fghij.txt.json").write_text("{}")
     (tmp_path / "TensorBoard" / "model_0.500000_abcde").mkdir(parents=True)
+    (tmp_path / "layers").mkdir()
+    (tmp_path / "results" / "results.csv").write_text("x")
+    (tmp_path / "results" / "optimization_history.png").write_text("x")
     for name in ("results.pkl", "model_demo.png", "model_best.png", "README.md"):
         (tmp_path / name).write_text("x")
     return tmp_path
@@ -33,6 +36,6 @@ def test_yes_flag_deletes_results_pickle_plots_and_logs_only(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (project / "results").iterdir()) == [".gitkeep"]
-    for name in ("results.pkl", "model_demo.png", "model_best.png", "TensorBoard"):
+    for name in ("results.pkl", "model_demo.png", "model_best.png", "TensorBoard", "layers"):
         assert not (project / name).exists()
     assert (project / "README.md").exists() and (project / "delete_results.sh").exists()

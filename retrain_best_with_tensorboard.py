@@ -1,0 +1,175 @@
+"""Retrain the best model found by the search, with TensorBoard logging.
+
+Takes the hyperspace of the best result in the results folder (or of the
+result file given with --result, or with --original-best the original
+project's best space), trains it again and writes:
+
+- TensorBoard logs to TensorBoard/<model_name>/: the scalars of every epoch
+  (train/ and validation/) and the histograms of the weights;
+- the weights of the epoch with the best validation fine accuracy to
+  weights/<id>.weights.h5, and the hyperspace beside them in
+  weights/<id>.space.json, so that conv_filters_visualization.py can rebuild
+  the model from the weights alone.
+
+The retrained result is printed, not saved to the results folder: the search
+only counts its own trials. Without any result and without --original-best
+the script stops and says so.
+
+    python retrain_best_with_tensorboard.py --epochs 100
+    tensorboard --logdir TensorBoard
+"""
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+import utils
+
+# neural_net imports Keras and TensorFlow (seconds): imported once the inputs
+# are known to be good, so mistakes are answered at once.
+
+RETRAIN_OPTIONS = ["epochs", "dataset_size", "data_dir", "results_dir", "val_split", "offline"]
+HISTOGRAM_FREQ = 1  # weight histograms every epoch
+WEIGHTS_SUFFIX = ".weights.h5"
+SPACE_SUFFIX = ".space.json"
+EXIT_INTERRUPTED = 130
+
+
+class RetrainError(Exception):
+    """The retraining cannot start or finish; the message says why."""
+
+
+def build_parser():
+    parser = utils.OneLineErrorParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="A flag wins over its environment variable. DATASET_SIZE only counts "
+               "when CODE_TESTING=1 is set too.")
+    utils.add_options(parser, RETRAIN_OPTIONS)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--result", metavar="FILE",
+                       help="retrain the space of this result JSON instead of the best "
+                            "one in the results folder")
+    which.add_argument("--original-best", action="store_true",
+                       help="retrain the original project's best space "
+                            "(hyperopt_optimize.SPACE_BEST_ORIGINAL) when the results "
+                            "folder holds no successful result")
+    return parser
+
+
+def read_result(path):
+    """The result JSON at `path`; RetrainError if it is missing or has no space."""
+    try:
+        result = utils.load_json_result(path)
+    except OSError as err:
+        raise RetrainError(f"cannot read the result file {path} ({err.strerror or err})") from None
+    except ValueError as err:
+        raise RetrainError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(result, dict) or not isinstance(result.get("space"), dict):
+        raise RetrainError(f"{path} has no 'space': it is not a result file of the search")
+    return result
+
+
+def choose_hyperspace(args, config):
+    """(hyperspace, where it comes from) as the flags say."""
+    if args.result:
+        result = read_result(args.result)
+        return result["space"], f"{args.result} ({result.get('model_name', 'unnamed')})"
+    best = utils.load_best_result(config.results_dir)
+    if best is not None:
+        return best["space"], f"the best result in {config.results_dir}/ ({best['model_name']})"
+    if args.original_best:
+        import hyperopt_optimize
+        return dict(hyperopt_optimize.SPACE_BEST_ORIGINAL), "the original project's best space"
+    raise RetrainError(f"no successful result in {config.results_dir}/ to retrain: run "
+                       "hyperopt_optimize.py first, pass --results-dir, --result FILE, "
+                       "or --original-best")
+
+
+def show_model(neural_net, hype_space):
+    """Print the model's summary before the long training; refuse a bad space."""
+    import keras
+    try:
+        model = neural_net.build_model(hype_space)
+    except (KeyError, ValueError, TypeError) as err:
+        raise RetrainError(f"the hyperspace cannot build a model "
+                           f"({type(err).__name__}: {err})") from None
+    model.summary()
+    del model
+    keras.backend.clear_session()  # the trained model gets the same layer names
+
+
+def weights_id(model_name):
+    """build_and_train names its weights after the id that ends the model name
+    (`model_<accuracy>_<id>`)."""
+    return model_name.rsplit("_", 1)[-1]
+
+
+def retrain(hype_space, config):
+    """Train with TensorBoard and best-weights saving; the result and its files."""
+    import neural_net
+    show_model(neural_net, hype_space)
+    _, model_name, result = neural_net.build_and_train(
+        hype_space, save_best_weights=True, log_for_tensorboard=True, config=config,
+        histogram_freq=HISTOGRAM_FREQ)
+    if result["status"] != "ok":
+        raise RetrainError(f"training failed: {result.get('error', 'unknown error')}")
+    uid = weights_id(model_name)
+    weights = Path(neural_net.WEIGHTS_DIR) / f"{uid}{WEIGHTS_SUFFIX}"
+    if not weights.is_file():
+        raise RetrainError(f"training ended but {weights} was not written")
+    space_file = weights.with_name(f"{uid}{SPACE_SUFFIX}")
+    utils.atomic_write(space_file, json.dumps(utils.to_plain(hype_space), indent=4,
+                                              sort_keys=True) + "\n")
+    logs = Path(neural_net.TENSORBOARD_DIR) / model_name
+    return result, weights, space_file, logs
+
+
+def report(result, weights, space_file, logs):
+    print(f"\nRetrained {result['model_name']} for {result['epochs']} epochs "
+          f"({result['training_seconds']:.1f} s): best validation fine accuracy "
+          f"{result['fine_best_accuracy']:.4f}, coarse {result['coarse_best_accuracy']:.4f}"
+          + (f"; test fine {result['test_fine_accuracy']:.4f}"
+             if "test_fine_accuracy" in result else "") + ".")
+    print(f"Best weights (by validation fine accuracy): {weights}")
+    print(f"Hyperspace of those weights: {space_file}")
+    print(f"TensorBoard logs: {logs}/")
+    print(f"See them with: tensorboard --logdir {logs.parent}")
+    print(f"Filters: python conv_filters_visualization.py --weights {weights}")
+
+
+def raise_interrupt(signum, frame):
+    """SIGTERM (kill, docker stop) stops like Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = utils.read_config(args, names=RETRAIN_OPTIONS)
+        hype_space, source = choose_hyperspace(args, config)
+    except utils.UsageError as err:
+        parser.exit(2, f"{parser.prog}: error: {err} (see --help)\n")
+    except RetrainError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"Retraining {source} for {config.epochs} epochs. Hyperspace:")
+    utils.print_json(hype_space)
+    import neural_net
+    try:
+        report(*retrain(hype_space, config))
+    except KeyboardInterrupt:
+        print(f"\nInterrupted. Weights saved so far are in {neural_net.WEIGHTS_DIR}/.",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (RetrainError, neural_net.DatasetError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    sys.exit(main())

@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 # Workers unpickle the driver's objective, hyperopt_optimize.optimize_cnn: this
@@ -29,7 +30,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from hyperopt import JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_RUNNING  # noqa: E402
 from hyperopt.mongoexp import MongoWorker, ReserveTimeout  # noqa: E402
-from hyperopt.utils import coarse_utcnow  # noqa: E402
 
 import hyperopt_optimize  # noqa: E402
 import utils  # noqa: E402
@@ -60,21 +60,36 @@ def keep_alive(jobs, host_id, every, stop):
     (hyperopt alone leaves a dead worker's trial 'running' forever)."""
     import pymongo.errors
     while not stop.wait(every):
-        try:
+        try:  # the server's clock, which the driver compares with
             jobs.update_many({"owner": host_id, "state": JOB_STATE_RUNNING},
-                             {"$set": {"refresh_time": coarse_utcnow()}})
+                             {"$currentDate": {"refresh_time": True}})
         except pymongo.errors.PyMongoError as err:  # a blip: try again next beat
             print(f"warning: heartbeat failed ({err}); retrying", file=sys.stderr)
 
 
 def give_back_interrupted(jobs, host_id):
     """hyperopt marks the job of an interrupted worker as an error; put it back
-    in the queue instead, so stopping a worker loses nothing."""
+    in the queue instead (also one interrupted before hyperopt took it in
+    hand), so stopping a worker loses nothing."""
     return jobs.update_many(
-        {"owner": host_id, "state": JOB_STATE_ERROR, "error.0": str(KeyboardInterrupt)},
+        {"owner": host_id, "$or": [
+            {"state": JOB_STATE_RUNNING},
+            {"state": JOB_STATE_ERROR, "error.0": str(KeyboardInterrupt)}]},
         {"$set": {"state": JOB_STATE_NEW, "owner": None, "book_time": None,
                   "refresh_time": None},
-         "$unset": {"error": ""}, "$inc": {"version": 1}}).modified_count
+         "$unset": {"error": ""},
+         "$inc": {"version": hyperopt_optimize.VERSION_BUMP}}).modified_count
+
+
+def give_up_orphans(jobs, host_id, err):
+    """A trial left 'running' by an error outside hyperopt's own handling (a
+    MongoDB blip while saving the result, say) would get this worker's
+    heartbeat forever and the driver would wait for it: mark it as an error
+    with the reason instead, as hyperopt does for a trial that raised."""
+    return jobs.update_many(
+        {"owner": host_id, "state": JOB_STATE_RUNNING},
+        {"$set": {"state": JOB_STATE_ERROR, "error": ["WorkerError", f"{type(err).__name__}: {err}"]},
+         "$inc": {"version": hyperopt_optimize.VERSION_BUMP}}).modified_count
 
 
 def report_last_trial(jobs, host_id, seconds):
@@ -98,17 +113,23 @@ def run_worker(config, jobs, host_id):
                          exp_key=config.exp_key, logfilename=None)
     started, finished, failures = time.monotonic(), 0, 0
     while config.max_jobs is None or finished < config.max_jobs:
-        if config.last_job_timeout and time.monotonic() - started > config.last_job_timeout:
+        left = (None if config.last_job_timeout is None
+                else config.last_job_timeout - (time.monotonic() - started))
+        if left is not None and left <= 0:
             print(f"--last-job-timeout {config.last_job_timeout:g} s passed: exiting.")
             return 0
+        timeouts = [t for t in (config.reserve_timeout, left) if t is not None]
         trial_started = time.monotonic()
         try:
-            worker.run_one(host_id, reserve_timeout=config.reserve_timeout)
+            worker.run_one(host_id, reserve_timeout=min(timeouts) if timeouts else None)
         except ReserveTimeout:
+            if config.reserve_timeout is None or (left is not None and left < config.reserve_timeout):
+                continue  # --last-job-timeout, said at the top of the loop
             print(f"No queued trial for {config.reserve_timeout:g} s: exiting.")
             return 0
         except Exception as err:  # the trial could not run at all (not a failed training)
             failures += 1
+            give_up_orphans(jobs.jobs, host_id, err)
             print(f"error: a trial could not run: {type(err).__name__}: {err}",
                   file=sys.stderr, flush=True)
             if failures >= config.max_consecutive_failures:
@@ -154,7 +175,9 @@ def main(argv=None):
         return 1
     Path(settings["results_dir"]).mkdir(parents=True, exist_ok=True)
     hyperopt_optimize.machine_settings.update(settings)
-    host_id = f"{socket.gethostname()}:{os.getpid()}"
+    # Unique even for a worker restarted with the same pid (containers): the
+    # heartbeat must never revive the trial of a previous life.
+    host_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:4]}"
     print(f"Worker {host_id} taking trials of {config.exp_key!r} from "
           f"{utils.redact(config.mongo)}; data in {settings['data_dir']}, results to "
           f"{settings['results_dir']}.", flush=True)

@@ -33,7 +33,6 @@ import hyperopt.pyll
 from hyperopt import (JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_RUNNING,
                       Trials, fmin, hp, tpe)
 from hyperopt.exceptions import AllTrialsFailed
-from hyperopt.utils import coarse_utcnow
 
 import utils
 
@@ -145,9 +144,9 @@ def log_hparams(result, config):
         trials, _ = analyze_results.read_results(config.results_dir)
         analyze_results.write_hparams_experiment(neural_net.TENSORBOARD_DIR,
                                                  [t["result"] for t in trials])
-    except OSError as err:
+    except Exception as err:  # best effort: the trial itself is saved already
         print(f"warning: could not write {result['model_name']} to TensorBoard's "
-              f"HParams ({err}); the search goes on.")
+              f"HParams ({type(err).__name__}: {err}); the search goes on.")
 
 
 def train_trial(hype_space, config):
@@ -488,7 +487,8 @@ def follow_workers(config, trials):
             best = best_trial(trials)
             for trial in sorted(finished, key=lambda t: t["refresh_time"]):
                 reported.add(trial["tid"])
-                seconds = (trial["refresh_time"] - trial["book_time"]).total_seconds()
+                seconds = ((trial["refresh_time"] - trial["book_time"]).total_seconds()
+                           if trial.get("book_time") and trial.get("refresh_time") else 0.0)
                 of = f"/{config.max_evals}" if config.max_evals else ""
                 print(progress_line(trial["result"], trial["tid"] + 1, best, seconds, None,
                                     f" on {trial['owner']}, {len(reported)}{of} finished"),
@@ -497,14 +497,20 @@ def follow_workers(config, trials):
     return follow
 
 
+# hyperopt's MongoJobs.update writes to {_id, version v} and then checks that
+# {_id, version v+1} exists: a jump of 2 makes both fail for a worker whose
+# trial was taken away, so its late result never lands on the requeued trial.
+VERSION_BUMP = 2
+
+
 def requeue_stale_jobs(jobs, config, now=None):
     """Running trials whose worker sent no heartbeat for --stale-after seconds
     (killed, machine gone) go back to the queue; a trial that has already
     been requeued --max-requeues times is given up (state error, with the
     reason) so that one that kills every worker cannot loop forever. Each
-    change bumps the document's version, so a worker that was only slow
-    cannot write over it later. Returns one message per change."""
-    now = now or coarse_utcnow()
+    change bumps the document's version by VERSION_BUMP, so a worker that was
+    only slow cannot write over it later. Returns one message per change."""
+    now = now or jobs.database.command("hello")["localTime"]  # the server's clock, as heartbeats
     cutoff = now - datetime.timedelta(seconds=config.stale_after)
     messages = []
     stale = jobs.find({"exp_key": config.exp_key, "state": JOB_STATE_RUNNING,
@@ -518,12 +524,12 @@ def requeue_stale_jobs(jobs, config, now=None):
                       f"times (--max-requeues {config.max_requeues}); the last was "
                       f"{job['owner']}. Out of memory is the usual cause.")
             change = {"$set": {"state": JOB_STATE_ERROR, "error": ["WorkerLost", reason]},
-                      "$inc": {"version": 1}}
+                      "$inc": {"version": VERSION_BUMP}}
             message = f"{lost}: {reason}"
         else:
             change = {"$set": {"state": JOB_STATE_NEW, "owner": None, "book_time": None,
                                "refresh_time": None},
-                      "$inc": {"version": 1, "requeue_count": 1}}
+                      "$inc": {"version": VERSION_BUMP, "requeue_count": 1}}
             message = f"{lost}: put back in the queue ({requeues + 1}/{config.max_requeues})"
         # Only if nothing changed since we looked (a late heartbeat wins).
         unchanged = {key: job[key] for key in ("_id", "state", "owner", "refresh_time")}
@@ -615,6 +621,7 @@ def main(argv=None):
 
 def main_mongo(config):
     """main() for the search over MongoDB: no data set, no training here."""
+    import pymongo.errors
     try:
         trials = run_mongo_search(config)
     except KeyboardInterrupt:
@@ -624,6 +631,11 @@ def main_mongo(config):
         return EXIT_INTERRUPTED
     except SearchError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except pymongo.errors.PyMongoError as err:
+        print(f"error: lost MongoDB at {utils.redact(config.mongo)} ({err}). The "
+              "experiment is safe in the database: run the same command again once "
+              "MongoDB is back.", file=sys.stderr)
         return 1
     counts = job_counts(trials.handle.jobs, config.exp_key)
     print(f"Done: experiment {config.exp_key!r} has {describe_counts(counts)}. Each "

@@ -176,7 +176,8 @@ def connect(dbname, host="localhost", auth_dbname=None, port=27017, ssh=False,
     same return value: (client, ssh tunnel or None)). pymongo 4 has no
     Database.authenticate: the user name and password, percent-decoded as in
     any mongodb:// URL, go to MongoClient, with authSource `auth_dbname`
-    (default admin). An unreachable server raises ServerSelectionTimeoutError
+    (by default, as hyperopt did: admin for the user "hyperopt", else the
+    URL's database). An unreachable server raises ServerSelectionTimeoutError
     after SERVER_SELECTION_TIMEOUT_S."""
     import hyperopt.mongoexp as mongoexp
     if ssh:  # the ssh tunnel needs nothing pymongo 4 removed
@@ -186,8 +187,10 @@ def connect(dbname, host="localhost", auth_dbname=None, port=27017, ssh=False,
         pw = pw or mongoexp.read_pw()  # hyperopt's rule: ~/.hyperopt holds the password
         credentials = dict(username=urllib.parse.unquote(user),
                            password=urllib.parse.unquote(pw),
-                           authSource=auth_dbname or "admin")
+                           authSource=auth_dbname or ("admin" if user == "hyperopt" else dbname))
     timeout_ms = int(SERVER_SELECTION_TIMEOUT_S * 1000)
+    if ":" in host and not host.startswith("["):  # an IPv6 address
+        host = f"[{host}]"
     client = pymongo.MongoClient(host, port, document_class=SON, w=1, journal=True,
                                  serverSelectionTimeoutMS=timeout_ms,
                                  connectTimeoutMS=timeout_ms, **credentials)
@@ -211,7 +214,14 @@ def open_jobs(url):
     install()
     parts = parse.urlsplit(url)
     where = f"{parts.hostname}:{parts.port}{parts.path.rsplit('/', 1)[0]}"
-    jobs = MongoJobs.new_from_connection_str(url)
+    try:
+        jobs = MongoJobs.new_from_connection_str(url)
+    except OSError:  # hyperopt looks for a missing password in ~/.hyperopt
+        raise MongoUnavailable(
+            f"no password for MongoDB user {parse.unquote(parts.username or '')!r}: put "
+            "it in the URL (mongodb://USER:PASSWORD@...) or in MONGO_DB_PASSWORD") from None
+    except (ValueError, pymongo.errors.ConfigurationError) as err:
+        raise MongoUnavailable(f"cannot use the MongoDB address {where}: {err}") from None
     try:
         jobs.db.command("ping")
     except pymongo.errors.OperationFailure as err:

@@ -139,36 +139,37 @@ def mongo_url(text):
     (user and password percent-encoded, as in any MongoDB URL) and hyperopt's
     own `mongo://HOST:PORT/DB/jobs`."""
     text = str(text).strip()
+    shown = repr(redact(text))  # never print a password
     example = "expected HOST:PORT/DB or mongodb://USER:PASSWORD@HOST:PORT/DB?authSource=admin"
     scheme, sep, rest = text.partition("://")
     if not sep:
         scheme, rest = "mongodb", text
     if scheme not in ("mongodb", "mongo"):
-        raise ValueError(f"{text!r}: scheme {scheme}:// is not supported ({example}; "
+        raise ValueError(f"{shown}: scheme {scheme}:// is not supported ({example}; "
                          "mongodb+srv:// and ssh tunnels are not)")
     parts = urllib.parse.urlsplit("//" + rest)
     if "," in parts.netloc:
-        raise ValueError(f"{text!r}: one host only; hyperopt cannot use a replica-set list")
+        raise ValueError(f"{shown}: one host only; hyperopt cannot use a replica-set list")
     try:
         port = parts.port or MONGO_DEFAULT_PORT
     except ValueError:
-        raise ValueError(f"{text!r}: the port is not a number from 1 to 65535") from None
+        raise ValueError(f"{shown}: the port is not a number from 1 to 65535") from None
     path = [p for p in parts.path.split("/") if p]
     if path[1:] == [MONGO_JOBS_COLLECTION]:
         path = path[:1]
     path = path or [MONGO_DEFAULT_DB]
     if not parts.hostname or len(path) != 1:
-        raise ValueError(f"{text!r}: {example}")
+        raise ValueError(f"{shown}: {example}")
     database = path[0]
     if any(c in database for c in ' ."$\\') or len(database) > 63:
-        raise ValueError(f"{text!r}: {database!r} is not a valid MongoDB database name")
+        raise ValueError(f"{shown}: {database!r} is not a valid MongoDB database name")
     query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
     unknown = sorted(set(query) - {"authSource"})
     if unknown:
-        raise ValueError(f"{text!r}: unsupported option(s) {', '.join(unknown)}; only "
+        raise ValueError(f"{shown}: unsupported option(s) {', '.join(unknown)}; only "
                          "authSource is understood")
     if parts.password is not None and not parts.username:
-        raise ValueError(f"{text!r}: a password needs a user name")
+        raise ValueError(f"{shown}: a password needs a user name")
     auth = ""
     if parts.username:
         auth = parts.username + (f":{parts.password}" if parts.password is not None else "") + "@"
@@ -197,7 +198,7 @@ def mongo_url_from_parts(environ):
 
 def redact(url):
     """A MongoDB URL fit to print: the password replaced by ***."""
-    parts = urllib.parse.urlsplit(url)
+    parts = urllib.parse.urlsplit(url if "://" in url else "//" + url)
     if parts.password is None:
         return url
     return url.replace(f":{parts.password}@", ":***@", 1)

@@ -173,10 +173,20 @@ def test_connect_gives_credentials_to_the_client_and_fails_fast():
                                           user="us%40er", pw="p%2Fw", auth_dbname=None)
     credentials = client.options.pool_options._credentials
     assert (credentials.username, credentials.password, credentials.source) == (
-        "us@er", "p/w", "admin")
+        "us@er", "p/w", "db")  # as pymongo 3's authenticate: the URL's database
+    client.close()
+    client, _ = mongo_compat.connect("db", host="::1", port=1, user="u", pw="p",
+                                     auth_dbname="admin")  # IPv6, explicit authSource
+    assert client.options.pool_options._credentials.source == "admin"
     assert client.options.server_selection_timeout == mongo_compat.SERVER_SELECTION_TIMEOUT_S
     assert tunnel is None
     client.close()
+
+
+def test_a_user_without_password_gets_a_message_not_a_traceback(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.hyperopt either
+    with pytest.raises(mongo_compat.MongoUnavailable, match="no password for MongoDB user 'alice'"):
+        mongo_compat.open_jobs("mongo://alice@127.0.0.1:1/db/jobs")
 
 
 def test_open_jobs_says_clearly_when_mongodb_is_unreachable(monkeypatch):

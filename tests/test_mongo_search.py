@@ -232,3 +232,30 @@ def test_worker_needs_to_be_told_where_mongodb_is(tmp_path, clean_env):
                          cwd=tmp_path, env=clean_env, capture_output=True, text=True)
     assert run.returncode == 2 and "no MongoDB given" in run.stderr
     assert not os.listdir(tmp_path)
+
+
+def test_a_slow_worker_cannot_write_over_its_requeued_trial(mongo_url):
+    """The driver took the trial away (no heartbeat); the worker was only
+    slow and comes back with a result: hyperopt's write must fail, not land."""
+    import datetime
+
+    import mongo_compat
+    import utils
+    from hyperopt.mongoexp import MongoCtrl, MongoTrials, OperationFailure
+
+    import hyperopt_optimize
+    jobs = mongo_compat.open_jobs(utils.mongo_url(mongo_url))
+    jobs.insert({"exp_key": "exp", "tid": 0, "state": 0, "owner": None, "version": 0,
+                 "result": {"status": "new"}, "misc": {"tid": 0}})
+    job = jobs.reserve("slow-worker", exp_key="exp")
+    config = utils.Config(exp_key="exp", stale_after=1.0, max_requeues=2)
+    later = job["refresh_time"] + datetime.timedelta(seconds=5)
+    [message] = hyperopt_optimize.requeue_stale_jobs(jobs.jobs, config, now=later)
+    assert "put back in the queue (1/2)" in message
+    ctrl = MongoCtrl(MongoTrials(jobs, exp_key="exp", refresh=False), current_trial=job,
+                     read_only=False)
+    with pytest.raises(OperationFailure):
+        ctrl.checkpoint({"status": "ok", "loss": -0.5})
+    stored = jobs.jobs.find_one({"tid": 0})
+    assert stored["state"] == JOB_STATE_NEW and stored["result"] == {"status": "new"}
+    assert stored["requeue_count"] == 1 and stored["owner"] is None

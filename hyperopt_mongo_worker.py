@@ -34,9 +34,6 @@ from hyperopt.mongoexp import MongoWorker, ReserveTimeout  # noqa: E402
 import hyperopt_optimize  # noqa: E402
 import utils  # noqa: E402
 
-EXIT_INTERRUPTED = 130
-
-
 def build_parser():
     parser = utils.OneLineErrorParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -143,10 +140,6 @@ def run_worker(config, jobs, host_id):
     return 0
 
 
-def raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -157,7 +150,7 @@ def main(argv=None):
     if config.mongo is None:
         parser.exit(2, f"{parser.prog}: error: no MongoDB given: pass --mongo HOST:PORT/DB "
                        "or set HKS_MONGO or MONGO_DB_HOST (see --help)\n")
-    signal.signal(signal.SIGTERM, raise_interrupt)
+    signal.signal(signal.SIGTERM, hyperopt_optimize.raise_interrupt)
     import mongo_compat
     settings = machine_settings(config)
     config.workdir = str(Path(config.workdir or os.getcwd()).resolve())
@@ -190,7 +183,7 @@ def main(argv=None):
         given_back = give_back_interrupted(jobs.jobs, host_id)
         print(f"\nInterrupted{'; its trial is back in the queue' if given_back else ''}.",
               file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return hyperopt_optimize.EXIT_INTERRUPTED
     finally:
         stop.set()
 

@@ -7,10 +7,12 @@ Keras 3 model, and `build_and_train(hype_space)` trains it and returns
 training loop, so `KERAS_BACKEND=jax` runs the same code.
 """
 
+import contextlib
 import hashlib
 import io
 import os
 import pickle
+import resource
 import shutil
 import sys
 import tarfile
@@ -289,14 +291,135 @@ def training_data(config):
 
 
 def as_targets(fine, coarse):
-    return {"fine_outputs": keras.utils.to_categorical(fine, NB_CLASSES_FINE),
-            "coarse_outputs": keras.utils.to_categorical(coarse, NB_CLASSES_COARSE)}
+    """Integer labels per head (sparse: no one-hot arrays to build and copy)."""
+    return {"fine_outputs": fine, "coarse_outputs": coarse}
+
+
+class ShuffledBatches(keras.utils.PyDataset):
+    """The training images (uint8) and integer labels that `fit` takes, in a
+    new random order every epoch, in whole batches only: the last partial
+    batch (other images each epoch) is left out, so that every step has the
+    same shape and the train step is compiled once per trial, not twice.
+    Keras prefetches the batches (tf.data under TensorFlow; under JAX the next
+    batch is copied to the GPU while the current one trains)."""
+
+    def __init__(self, images, fine, coarse, batch_size):
+        super().__init__()
+        self.images, self.fine, self.coarse = images, fine, coarse
+        self.batch_size = max(1, min(int(batch_size), len(images)))
+        self.rng = np.random.default_rng()
+        self.order = self.rng.permutation(len(images))
+
+    def __len__(self):
+        return len(self.images) // self.batch_size
+
+    def __getitem__(self, index):
+        size = self.batch_size
+        take = np.sort(self.order[index * size:(index + 1) * size])  # sorted: reads in order
+        return self.images[take], as_targets(self.fine[take], self.coarse[take])
+
+    def on_epoch_end(self):
+        self.order = self.rng.permutation(len(self.images))
+
+
+def steady_batch_size(n_images, batch_size):
+    """A batch size near `batch_size` (within a factor 2) that divides
+    `n_images`, so evaluating every image has no smaller last batch to
+    compile a second time for; `batch_size` itself when there is none."""
+    if n_images <= batch_size:
+        return batch_size
+    for delta in range(batch_size // 2 + 1):
+        for candidate in (batch_size + delta, batch_size - delta):
+            if 0 < candidate <= n_images and n_images % candidate == 0:
+                return candidate
+    return batch_size
+
+
+def fit_model(model, train, validation, batch_size, epochs, callbacks=(), verbose=0):
+    """Train as every trial does: `train` and `validation` are (uint8 images,
+    fine labels, coarse labels); images are scaled inside the model, so they
+    travel as uint8 (4x less than float32). Returns the history dict."""
+    batch_size = int(batch_size)
+    validation_data, validation_batch_size = None, None
+    if validation is not None:
+        validation_data = (validation[0], as_targets(validation[1], validation[2]))
+        validation_batch_size = steady_batch_size(len(validation[0]), batch_size)
+    return model.fit(ShuffledBatches(*train, batch_size), epochs=epochs,
+                     validation_data=validation_data,
+                     validation_batch_size=validation_batch_size,
+                     callbacks=list(callbacks), verbose=verbose).history
 
 
 # --------------------------------------------------------------- model ----
 
-def build_model(hype_space):
-    """The compiled two-headed CNN that `hype_space` describes."""
+def resolve_precision(precision):
+    """The Keras dtype policy for `precision`: "auto" is mixed_bfloat16 on a
+    GPU that computes in bfloat16 (compute capability 8.0 and up: A100, H100),
+    mixed_float16 on an older GPU, float32 on a CPU."""
+    if precision != "auto":
+        return precision
+    capability = gpu_compute_capability()
+    if capability is None:
+        return "float32"
+    return "mixed_bfloat16" if capability >= 8.0 else "mixed_float16"
+
+
+def gpu_compute_capability():
+    """The first GPU's compute capability as a number (9.0), or None."""
+    try:
+        if keras.backend.backend() == "jax":
+            import jax
+            gpus = [d for d in jax.devices() if d.platform == "gpu"]
+            return float(gpus[0].compute_capability) if gpus else None
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+            gpus = tf.config.list_physical_devices("GPU")
+            if not gpus:
+                return None
+            major, minor = tf.config.experimental.get_device_details(gpus[0])["compute_capability"]
+            return major + minor / 10
+    except Exception:  # no GPU runtime, unknown device: plain float32 is always right
+        return None
+    return None
+
+
+def keep_off_the_gpu():
+    """Build models in this process on the CPU only (the search process draws
+    models but trains none): TensorFlow and JAX take most of a GPU's memory
+    in the first process that uses it, which would leave the trials' own
+    processes none. Does nothing once this process has used its devices."""
+    try:
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+            tf.config.set_visible_devices([], "GPU")
+        elif keras.backend.backend() == "jax":
+            import jax
+            jax.config.update("jax_platforms", "cpu")
+    except (RuntimeError, ValueError):  # devices already initialised: too late, leave them
+        pass
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Layers built inside compute in `name` (e.g. mixed_bfloat16); the global
+    policy is put back afterwards."""
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
+def build_model(hype_space, precision="float32"):
+    """The compiled two-headed CNN that `hype_space` describes. With a mixed
+    `precision` the layers compute in 16 bits and keep float32 weights; the
+    softmax heads stay float32 either way."""
+    with dtype_policy(resolve_precision(precision)):
+        return build_layers_and_compile(hype_space)
+
+
+def build_layers_and_compile(hype_space):
     hs = hype_space
     images = keras.Input(shape=IMAGE_SHAPE, name="images")
     x = layers.Rescaling(1.0 / 255, name="to_unit_range")(images)
@@ -321,19 +444,24 @@ def build_model(hype_space):
     if hs["one_more_fc"] is not None:
         x = dense(x, int(FC_UNITS_2 * hs["one_more_fc"]), hs)
 
+    # The heads stay float32 under mixed precision: a 16-bit softmax loses
+    # the small probabilities that the cross-entropy needs.
     fine = layers.Dense(NB_CLASSES_FINE, activation="softmax", name="fine_outputs",
-                        kernel_regularizer=l2_reg(hs))(x)
+                        kernel_regularizer=l2_reg(hs), dtype="float32")(x)
     coarse = layers.Dense(NB_CLASSES_COARSE, activation="softmax", name="coarse_outputs",
-                          kernel_regularizer=l2_reg(hs))(x)
+                          kernel_regularizer=l2_reg(hs), dtype="float32")(x)
     model = keras.Model(inputs=images, outputs=[fine, coarse])
     optimizer = OPTIMIZERS[hs["optimizer"]](
         learning_rate=STARTING_LEARNING_RATE * hs["lr_rate_mult"])
     model.compile(
         optimizer=optimizer,
-        loss={"fine_outputs": "categorical_crossentropy",
-              "coarse_outputs": "categorical_crossentropy"},
+        loss={"fine_outputs": "sparse_categorical_crossentropy",
+              "coarse_outputs": "sparse_categorical_crossentropy"},
         loss_weights={"fine_outputs": 1.0, "coarse_outputs": hs["coarse_labels_weight"]},
-        metrics={"fine_outputs": ["accuracy"], "coarse_outputs": ["accuracy"]})
+        metrics={"fine_outputs": ["accuracy"], "coarse_outputs": ["accuracy"]},
+        # XLA: always under JAX, on a GPU under TensorFlow. Not on TensorFlow's
+        # CPU, where it measured slower (benchmark.py's numbers in the README).
+        jit_compile="auto")
     return model
 
 
@@ -399,16 +527,33 @@ def inception_reduction(x, n_filters, hs):
 
 # ------------------------------------------------------------ training ----
 
+class FirstStepTimer(keras.callbacks.Callback):
+    """Notes when the first training step ends (after tracing and compiling)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ended_at = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.ended_at is None:
+            self.ended_at = time.time()
+
+
 def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=False,
-                    config=None, histogram_freq=0):
+                    config=None, histogram_freq=0, called_at=None):
     """Build the model of `hype_space`, train it and return `(model,
     model_name, result)`. A loss that turns NaN/inf ends the trial as failed.
-    `histogram_freq` N > 0 also logs weight histograms every N epochs to TensorBoard."""
+    `histogram_freq` N > 0 also logs weight histograms every N epochs to
+    TensorBoard. `called_at` (a time.time() stamp, default now) is when the
+    trial began, for the result's `seconds_to_first_step`."""
+    called_at = called_at or time.time()
     config = config or utils.config_from_env()
     train, val, test = training_data(config)
     uid = uuid.uuid4().hex[:5]
-    model = build_model(hype_space)
-    callbacks = [keras.callbacks.TerminateOnNaN()]
+    precision = resolve_precision(config.precision)
+    model = build_model(hype_space, precision)
+    first_step = FirstStepTimer()
+    callbacks = [keras.callbacks.TerminateOnNaN(), first_step]
     log_dir = Path(TENSORBOARD_DIR) / uid
     if log_for_tensorboard or config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir),
@@ -425,24 +570,43 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
             save_best_only=True, save_weights_only=True))
 
     started = time.perf_counter()
-    history = model.fit(
-        train[0], as_targets(train[1], train[2]),
-        batch_size=int(hype_space["batch_size"]), epochs=config.epochs, shuffle=True,
-        validation_data=(val[0], as_targets(val[1], val[2])),
-        callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2).history
+    history = fit_model(model, train, val, hype_space["batch_size"], config.epochs, callbacks,
+                        verbose=1 if sys.stdout.isatty() else 2)
     seconds = time.perf_counter() - started
 
     result = make_result(history, hype_space, uid, seconds, model, len(train[0]), len(val[0]))
+    result.update(precision=precision, peak_memory_mb=peak_memory_mb())
+    if first_step.ended_at is not None:
+        result["seconds_to_first_step"] = round(first_step.ended_at - called_at, 3)
     if test is not None and result["status"] == "ok":
+        batch_size = steady_batch_size(len(test[0]), int(hype_space["batch_size"]))
         scores = model.evaluate(test[0], as_targets(test[1], test[2]),
-                                batch_size=int(hype_space["batch_size"]), verbose=0,
-                                return_dict=True)
+                                batch_size=batch_size, verbose=0, return_dict=True)
         result["test_fine_accuracy"] = float(scores["fine_outputs_accuracy"])
         result["test_coarse_accuracy"] = float(scores["coarse_outputs_accuracy"])
     if log_dir.is_dir():
         shutil.rmtree(log_dir.with_name(result["model_name"]), ignore_errors=True)
         log_dir.rename(log_dir.with_name(result["model_name"]))
     return model, result["model_name"], result
+
+
+def peak_memory_mb():
+    """The peak resident memory of this process so far, in MiB."""
+    return memory_mb("VmHWM")
+
+
+def memory_mb(field="VmRSS"):
+    """This process's resident memory now (VmRSS) or at its peak (VmHWM), in
+    MiB, from Linux's /proc. Elsewhere getrusage's peak, which on Linux a
+    spawned process would inherit from its parent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, bytes on macOS
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def make_result(history, hype_space, uid, seconds, model, n_train, n_val):

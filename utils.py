@@ -25,6 +25,7 @@ RESULT_SUFFIX = ".txt.json"
 FAILED_PREFIX = "failed_"  # sorts before "model_", so the best result stays last
 ACCURACY_DECIMALS = 6
 FILE_MODE = 0o644  # results and results.pkl: readable by others, like any file
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
 class UsageError(Exception):
@@ -47,6 +48,7 @@ class Config:
     offline: bool = False
     plots: bool = True
     in_process: bool = False
+    precision: str = "auto"
     keras_home: str = os.path.join("~", ".keras")
     warm_start: str | None = None
     # The search over MongoDB (hyperopt_optimize.py --mongo ...):
@@ -119,6 +121,13 @@ def flag_value(text):
     if value in ("", "0", "false", "no", "off"):
         return False
     raise ValueError(f"{text!r} is not one of 1/0, true/false, yes/no")
+
+
+def precision_name(text):
+    value = str(text).strip().lower()
+    if value not in PRECISIONS:
+        raise ValueError(f"{text!r} is not one of {', '.join(PRECISIONS)}")
+    return value
 
 
 def existing_dir(text):
@@ -238,6 +247,11 @@ OPTIONS = {
                    "train each trial inside the search process instead of a fresh "
                    "child process: starts faster, but TensorFlow then keeps about 15 MB "
                    "of graphs per trial and an out-of-memory kill ends the search"),
+    "precision": ("--precision", "HKS_PRECISION", precision_name,
+                  "what the model computes in: auto (mixed_bfloat16 on a GPU of "
+                  "compute capability 8.0 and up, mixed_float16 on an older GPU, float32 "
+                  "on a CPU), float32, mixed_bfloat16 or mixed_float16; the output "
+                  "heads stay float32"),
     "warm_start": ("--warm-start", "HKS_WARM_START", existing_dir,
                    "first add the trials of the result JSON files in this folder "
                    "(e.g. results/, after losing results.pkl) so TPE goes on from them; "
@@ -282,7 +296,7 @@ OPTIONS = {
 # The single-machine search's options, and those the MongoDB driver adds.
 SEARCH_OPTIONS = ["epochs", "max_evals", "dataset_size", "data_dir", "results_dir",
                   "trials_file", "val_split", "tensorboard", "seed", "offline", "plots",
-                  "in_process", "warm_start"]
+                  "in_process", "precision", "warm_start"]
 DRIVER_OPTIONS = ["mongo", "exp_key", "queue_len", "stale_after", "max_requeues"]
 # What a worker decides for itself; everything else about a trial comes from the driver.
 WORKER_OPTIONS = ["mongo", "exp_key", "data_dir", "results_dir", "offline",

@@ -123,6 +123,9 @@ def test_build_and_train_returns_the_result(config, tiny_space):
     assert result["keras_backend"] == keras.backend.backend()
     assert result["training_seconds"] > 0
     assert result["train_images"] == 400 and result["validation_images"] == 100
+    assert result["precision"] == "float32"  # "auto" on a CPU
+    assert 0 < result["seconds_to_first_step"] < result["training_seconds"] + 60
+    assert result["peak_memory_mb"] > 100  # Keras and its backend alone take more
     assert result["space"] == tiny_space
     assert name.startswith(f"model_{result['fine_best_accuracy']:.6f}_")
     bson.BSON.encode(result)  # MongoDB workers store it as it is
@@ -166,3 +169,51 @@ def test_save_best_weights(config, tiny_space, tmp_path, monkeypatch):
     saved = list((tmp_path / "weights").glob("*.weights.h5"))
     assert len(saved) == 1
     model.load_weights(saved[0])
+
+
+def test_mixed_precision_computes_in_16_bits_with_float32_heads(tiny_space):
+    model = neural_net.build_model(tiny_space, precision="mixed_bfloat16")
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and all(layer.compute_dtype == "bfloat16" for layer in convs)
+    assert all(layer.variable_dtype == "float32" for layer in convs)
+    for head in ("fine_outputs", "coarse_outputs"):
+        assert model.get_layer(head).compute_dtype == "float32"
+    assert [str(out.dtype) for out in model.outputs] == ["float32", "float32"]
+    # The global policy is put back: the next model is float32 again.
+    assert keras.config.dtype_policy().name == "float32"
+    assert neural_net.build_model(tiny_space).get_layer("fine_outputs").compute_dtype == "float32"
+
+
+def test_precision_auto_is_float32_without_a_gpu():
+    assert neural_net.resolve_precision("auto") == "float32"
+    assert neural_net.resolve_precision("mixed_float16") == "mixed_float16"
+
+
+def test_training_batches_are_whole_and_reshuffled_every_epoch():
+    n, batch_size = 105, 20
+    images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 32, 32, 3), np.uint8)
+    labels = np.arange(n)
+    batches = neural_net.ShuffledBatches(images, labels, labels // 5, batch_size)
+    assert len(batches) == 5  # 100 images; the 5 left over change every epoch
+
+    def epoch():
+        seen = []
+        for i in range(len(batches)):
+            x, y = batches[i]
+            assert x.shape == (batch_size, 32, 32, 3) and x.dtype == np.uint8
+            np.testing.assert_array_equal(x[:, 0, 0, 0], y["fine_outputs"])  # still paired
+            np.testing.assert_array_equal(y["coarse_outputs"], y["fine_outputs"] // 5)
+            seen += list(y["fine_outputs"])
+        batches.on_epoch_end()
+        assert len(set(seen)) == len(seen) == 100  # no image twice in an epoch
+        return seen
+
+    assert epoch() != epoch()
+
+
+@pytest.mark.parametrize("n_images, batch_size, expected", [
+    (10000, 320, 250), (10000, 300, 250), (100, 50, 50), (100, 320, 320),
+    (97, 20, 20),  # a prime number of images: no divisor near 20
+])
+def test_evaluation_batch_size_divides_the_images(n_images, batch_size, expected):
+    assert neural_net.steady_batch_size(n_images, batch_size) == expected

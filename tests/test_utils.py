@@ -29,6 +29,12 @@ def test_flag_wins_over_variable_which_wins_over_default():
     assert parse(["--no-plots"], {}).plots is False
 
 
+def test_precision_from_flag_or_variable():
+    assert parse([], {}).precision == "auto"
+    assert parse([], {"HKS_PRECISION": "Mixed_BFloat16"}).precision == "mixed_bfloat16"
+    assert parse(["--precision", "float32"], {"HKS_PRECISION": "mixed_float16"}).precision == "float32"
+
+
 def test_dataset_size_variable_needs_code_testing():
     assert parse([], {"DATASET_SIZE": "1000"}).dataset_size is None
     assert parse([], {"DATASET_SIZE": "1000", "CODE_TESTING": "1"}).dataset_size == 1000
@@ -44,6 +50,7 @@ def test_dataset_size_variable_needs_code_testing():
     (["--data-dir", "/no/such/folder"], {}, "folder '/no/such/folder' does not exist"),
     ([], {"HKS_TENSORBOARD": "maybe"}, "HKS_TENSORBOARD"),
     ([], {"DATASET_SIZE": "10", "CODE_TESTING": "maybe"}, "CODE_TESTING: 'maybe' is not one of"),
+    (["--precision", "float16"], {}, "--precision: 'float16' is not one of auto, float32"),
 ])
 def test_bad_values_are_refused(argv, environ, expected):
     with pytest.raises(utils.UsageError) as err:

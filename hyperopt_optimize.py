@@ -118,11 +118,12 @@ def optimize_cnn(hype_space, config):
 
     Any error becomes a failed trial (with its traceback) so the search goes
     on; only a missing data set and Ctrl-C stop the search."""
+    called_at = time.time()
     config = dataclasses.replace(config, **machine_settings)
     if config.in_process:
-        result = train_trial(hype_space, config)
+        result = train_trial(hype_space, config, called_at)
     else:
-        result = train_trial_in_child(hype_space, config)
+        result = train_trial_in_child(hype_space, config, called_at)
     try:
         utils.save_json_result(result, config.results_dir)
     except OSError as err:
@@ -149,12 +150,13 @@ def log_hparams(result, config):
               f"HParams ({type(err).__name__}: {err}); the search goes on.")
 
 
-def train_trial(hype_space, config):
+def train_trial(hype_space, config, called_at=None):
     """Train one model in this process and free it; errors become failed results."""
     import keras
     import neural_net
     try:
-        model, _, result = neural_net.build_and_train(hype_space, config=config)
+        model, _, result = neural_net.build_and_train(hype_space, config=config,
+                                                      called_at=called_at)
         del model
     except neural_net.DatasetError:
         raise
@@ -166,49 +168,120 @@ def train_trial(hype_space, config):
     return result
 
 
-def train_trial_in_child(hype_space, config):
+# The next trial's process, started while the current trial trains so that
+# its imports (TensorFlow takes about 8 s) are done when the trial begins:
+# (process, task sender, result receiver), or None.
+_spare = None
+
+
+def start_trial_process():
+    """A fresh process that imports neural_net, then waits for one trial."""
+    context = multiprocessing.get_context("spawn")
+    task_receive, task_send = context.Pipe(duplex=False)
+    result_receive, result_send = context.Pipe(duplex=False)
+    child = context.Process(target=child_main, args=(task_receive, result_send),
+                            name="hks-trial", daemon=True)
+    child.start()
+    task_receive.close()
+    result_send.close()
+    return child, task_send, result_receive
+
+
+def take_spare_process():
+    """The prestarted trial process if it is still alive, else a new one."""
+    global _spare
+    spare, _spare = _spare, None
+    if spare is not None and spare[0].is_alive():
+        return spare
+    if spare is not None:
+        close_trial_process(spare)
+    return start_trial_process()
+
+
+def wait_for_spare_process(timeout=120.0):
+    """Wait until the spare trial process has done its imports (benchmark)."""
+    if _spare is not None:
+        multiprocessing.connection.wait([_spare[2]], timeout)
+
+
+def stop_spare_process():
+    """End the spare trial process, if any (the search is over)."""
+    global _spare
+    if _spare is not None:
+        close_trial_process(_spare)
+        _spare = None
+
+
+def close_trial_process(trial_process):
+    child, task_send, result_receive = trial_process
+    task_send.close()  # a waiting child reads end-of-file and exits
+    child.join(timeout=5)
+    if child.is_alive():
+        child.terminate()
+        child.join()
+    result_receive.close()
+
+
+def train_trial_in_child(hype_space, config, called_at=None):
     """Train one model in a fresh process. TensorFlow keeps every traced graph
     until its process ends (about 15 MB a trial even after clear_session), and
-    a trial killed for using too much memory must not take the search along."""
+    a trial killed for using too much memory must not take the search along.
+    The process was started during the previous trial, and this trial starts
+    the next one."""
+    global _spare
     import neural_net
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=child_main, args=(hype_space, config, send),
-                            name="hks-trial")
-    child.start()
-    send.close()
+    trial_process = take_spare_process()
+    child, task_send, result_receive = trial_process
     try:
-        kind, payload = receive.recv()
+        task_send.send((hype_space, config, called_at))
+        _spare = start_trial_process()
+        kind, payload = receive_result(result_receive)
     except EOFError:  # the child died without answering
         child.join()
+        close_trial_process(trial_process)
         if child.exitcode == EXIT_INTERRUPTED:  # Ctrl-C reached the child first
             raise KeyboardInterrupt from None
         return neural_net.failure_result(hype_space, ChildProcessError(
             f"the trial's process died with exit code {child.exitcode} (a negative "
             "code is the signal that killed it: -9 is usually the out-of-memory killer)"))
-    except BaseException:  # Ctrl-C: do not leave the child training
+    except BaseException:  # Ctrl-C: do not leave processes training or waiting
         child.terminate()
-        child.join()
+        close_trial_process(trial_process)
+        stop_spare_process()
         raise
-    child.join()
+    close_trial_process(trial_process)
     if kind == "dataset_error":
         raise neural_net.DatasetError(payload)
     return payload
 
 
-def child_main(hype_space, config, send):
-    """What the trial's process runs: train, send the result back."""
+def receive_result(result_receive):
+    """The trial's ("result" | "dataset_error", payload), skipping "ready"."""
+    while True:
+        kind, payload = result_receive.recv()
+        if kind != "ready":
+            return kind, payload
+
+
+def child_main(task_receive, result_send):
+    """What a trial's process runs: import, say so, wait for the trial, train
+    it, send the result back."""
     threading.Thread(target=exit_with_parent, daemon=True).start()
     try:
         import neural_net
+        result_send.send(("ready", None))
         try:
-            send.send(("result", train_trial(hype_space, config)))
+            hype_space, config, called_at = task_receive.recv()
+        except EOFError:  # the search ended without needing this process
+            return
+        try:
+            result_send.send(("result", train_trial(hype_space, config, called_at)))
         except neural_net.DatasetError as err:
-            send.send(("dataset_error", str(err)))
+            result_send.send(("dataset_error", str(err)))
     except (KeyboardInterrupt, BrokenPipeError):
         sys.exit(EXIT_INTERRUPTED)  # quietly: the search process reports it
     finally:
-        send.close()
+        result_send.close()
         sys.stdout.flush()
 
 
@@ -271,27 +344,30 @@ def run_search(config, trials=None):
         print(f"Resuming the search: {len(trials.trials)} trials in {config.trials_file}"
               + (f", best fine accuracy {best[1]['fine_best_accuracy']:.4f}." if best else "."))
     objective = functools.partial(optimize_cnn, config=config)
-    while config.max_evals is None or len(trials.trials) < config.max_evals:
-        done = len(trials.trials)
-        # A fresh generator per trial: seeded runs stay reproducible across resumes.
-        rstate = np.random.default_rng(None if config.seed is None else [config.seed, done])
-        started = time.perf_counter()
-        try:
-            fmin(objective, space, algo=tpe.suggest, trials=trials, max_evals=done + 1,
-                 rstate=rstate, show_progressbar=False, return_argmin=False)
-        except AllTrialsFailed:
-            pass  # hyperopt 0.3.0 raises this after the trial when none succeeded yet
-        except KeyboardInterrupt:
-            save_finished_trials(trials, done, config.trials_file)
-            raise
-        if len(trials.trials) == done:
-            raise SearchError("hyperopt did not run a trial; is the trials file complete?")
-        utils.atomic_pickle(trials, config.trials_file)
-        best = best_trial(trials)
-        print(progress_line(trials.trials[-1]["result"], done + 1, best,
-                            time.perf_counter() - started, config.max_evals), flush=True)
-        if config.plots and best and best[0] == done:
-            plot_models(config, demo=False)  # model_best.png follows the best trial
+    try:
+        while config.max_evals is None or len(trials.trials) < config.max_evals:
+            done = len(trials.trials)
+            # A fresh generator per trial: seeded runs stay reproducible across resumes.
+            rstate = np.random.default_rng(None if config.seed is None else [config.seed, done])
+            started = time.perf_counter()
+            try:
+                fmin(objective, space, algo=tpe.suggest, trials=trials, max_evals=done + 1,
+                     rstate=rstate, show_progressbar=False, return_argmin=False)
+            except AllTrialsFailed:
+                pass  # hyperopt 0.3.0 raises this after the trial when none succeeded yet
+            except KeyboardInterrupt:
+                save_finished_trials(trials, done, config.trials_file)
+                raise
+            if len(trials.trials) == done:
+                raise SearchError("hyperopt did not run a trial; is the trials file complete?")
+            utils.atomic_pickle(trials, config.trials_file)
+            best = best_trial(trials)
+            print(progress_line(trials.trials[-1]["result"], done + 1, best,
+                                time.perf_counter() - started, config.max_evals), flush=True)
+            if config.plots and best and best[0] == done:
+                plot_models(config, demo=False)  # model_best.png follows the best trial
+    finally:
+        stop_spare_process()  # the process prestarted for a next trial
     return trials
 
 
@@ -547,6 +623,8 @@ def plot_models(config, demo=True):
     global _plots_unavailable
     import keras
     import neural_net
+    if not config.in_process:
+        neural_net.keep_off_the_gpu()  # the trial processes need all of it
     best = utils.load_best_hyperspace(config.results_dir) or SPACE_BEST_ORIGINAL
     plots = [(DEMO_PLOT, SPACE_DEMO)] if demo else []
     for path, hype_space in plots + [(BEST_PLOT, best)]:

@@ -1,0 +1,556 @@
+"""Measure what one trial of the search costs, and print it as a table.
+
+In one run, on a synthetic data set in the real CIFAR-100 format (the tests'
+archive writer, so it runs anywhere):
+
+1. training throughput (images/s) of the seed's best and demo hyperspaces
+   through this project's training path (neural_net.build_model + fit_model,
+   what a trial runs), against a plain Keras reference written below: the same
+   architecture, float32 NumPy arrays and one-hot labels, fitted the simplest
+   way. Runs alternate project/reference, several times; ratios are medians of
+   back-to-back pairs, so a machine whose speed drifts still compares fairly;
+2. the original design's augmentation (a per-image map_fn flip) against
+   Keras' vectorised RandomFlip;
+3. trial overhead: seconds from the objective being called to the end of the
+   first training step, with the data already in memory, from the decoded
+   copy on disk, from the tar.gz archive, and in a trial process;
+4. how long TPE takes to suggest a trial with 10, 100 and 1000 finished ones;
+5. memory over consecutive small trials: the search process must stay flat.
+
+    python3 benchmark.py --quick              # a few minutes on a 2-core CPU
+    python3 benchmark.py --out bench.json     # larger; JSON to compare commits
+    KERAS_BACKEND=jax python3 benchmark.py --steps 50 --batch-sizes 320,1024 \\
+        --precisions float32,mixed_bfloat16   # on a GPU
+
+Every ratio is stored under a key ending in `_ratio`, above 1 when the first
+named is faster (e.g. `best_vs_reference_ratio`).
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "tests"))  # fake_cifar100: writes archives in the real format
+
+import numpy as np  # noqa: E402
+
+import fake_cifar100  # noqa: E402
+import hyperopt_optimize  # noqa: E402
+import neural_net  # noqa: E402  (imports Keras, and TensorFlow or JAX)
+import utils  # noqa: E402
+
+import keras  # noqa: E402
+from keras import layers, ops  # noqa: E402
+
+SECTIONS = ("throughput", "overhead", "tpe", "memory")
+MODELS = ("best", "demo", "small")  # small: to check the benchmark itself in seconds
+# --quick: a few minutes on a 2-core CPU; the default: steadier numbers.
+PRESETS = {
+    "quick": {"models": ["best"], "steps": 1, "repeats": 3, "batch_sizes": [64],
+              "archive_images": 5000, "tpe_trials": [10, 100, 1000], "memory_trials": 10},
+    "default": {"models": ["best", "demo"], "steps": 2, "repeats": 5, "batch_sizes": None,
+                "archive_images": 50000, "tpe_trials": [10, 100, 1000], "memory_trials": 10},
+}
+TEST_FRACTION = 0.2  # the archive holds this many test images per training image
+# A small model for the overhead and memory sections: there the cost around
+# training is measured, not the training.
+SMALL_SPACE = {
+    "lr_rate_mult": 1.0, "l2_weight_reg_mult": 1.0, "batch_size": 100.0,
+    "optimizer": "Adam", "coarse_labels_weight": 0.3, "conv_dropout_drop_proba": 0.1,
+    "fc_dropout_drop_proba": 0.2, "use_BN": False, "first_conv": None, "residual": None,
+    "conv_hiddn_units_mult": 0.55, "nb_conv_pool_layers": 2, "conv_pool_res_start_idx": 0.0,
+    "pooling_type": "max", "conv_kernel_size": 3.0, "res_conv_kernel_size": 2.0,
+    "fc_units_1_mult": 0.55, "one_more_fc": None, "activation": "relu",
+}
+SMALL_TRIAL_IMAGES = 500  # images a small trial trains on (DATASET_SIZE)
+HOURS = 3600.0
+FULL_TRAINING_IMAGES = 50000  # one epoch of the real CIFAR-100 training split
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Sizes left out come from --quick or the default preset.")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes: finishes within 5 minutes on a 2-core CPU")
+    parser.add_argument("--out", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--only", type=names_of(SECTIONS), default=list(SECTIONS),
+                        help=f"comma-separated sections to run, of {','.join(SECTIONS)}")
+    parser.add_argument("--models", type=names_of(MODELS),
+                        help="comma-separated hyperspaces to time: best,demo (the seed's; "
+                             "--quick: best), small (a small model, to check the benchmark runs)")
+    parser.add_argument("--steps", type=positive(int),
+                        help="training steps (batches) per timed run")
+    parser.add_argument("--repeats", type=positive(int), help="timed runs per variant")
+    parser.add_argument("--batch-sizes", type=numbers, metavar="N,N",
+                        help="batch sizes to time (default: each hyperspace's own, "
+                             "320 for best, 300 for demo; --quick: 64)")
+    parser.add_argument("--precisions", default="auto",
+                        type=names_of(utils.PRECISIONS),
+                        help="the project's precisions to time; the first is compared "
+                             "with the reference, the others with float32 (default: auto, "
+                             "mixed_bfloat16 on a recent GPU, else float32)")
+    parser.add_argument("--archive-images", type=positive(int),
+                        help="training images in the synthetic archive that the overhead "
+                             "section loads (50000 like the real one; --quick: 5000)")
+    parser.add_argument("--tpe-trials", type=numbers, metavar="N,N",
+                        help="finished trials in the store when TPE is timed (10,100,1000)")
+    parser.add_argument("--memory-trials", type=positive(int),
+                        help="consecutive small trials watched for memory growth (10)")
+    args = parser.parse_args(argv)
+    preset = PRESETS["quick" if args.quick else "default"]
+    for name, value in preset.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+def names_of(allowed):
+    def parse(text):
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"{text!r}: choose among {','.join(allowed)}")
+        return names
+    return parse
+
+
+def positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+        return value
+    return parse
+
+
+def numbers(text):
+    return [positive(int)(n) for n in text.split(",") if n.strip()]
+
+
+# ------------------------------------------------ the plain Keras reference ----
+
+def reference_model(hs, flip="layer"):
+    """The project's architecture for hyperspace `hs` written with plain Keras,
+    as one would without this project: float32 input in [0, 1], one-hot labels,
+    default compile settings. `flip="map_fn"` flips images one at a time in a
+    loop, like the original."""
+    l2 = keras.regularizers.L2(0.0007 * hs["l2_weight_reg_mult"])
+    act = hs["activation"]
+
+    def conv(x, filters, kernel, strides=1, activation=act):
+        return layers.Conv2D(filters, kernel, strides=strides, padding="same",
+                             activation=activation, kernel_regularizer=l2)(x)
+
+    def strided(x, filters):
+        x = conv(x, filters, 3, strides=2, activation="linear")
+        return layers.BatchNormalization()(x) if hs["use_BN"] else x
+
+    def pool(x, filters):
+        kind = hs["pooling_type"]
+        if kind == "max":
+            return layers.MaxPooling2D(2)(x)
+        if kind == "avg":
+            return layers.AveragePooling2D(2)(x)
+        if kind == "all_conv":
+            return strided(x, filters)
+        narrow, wide = int(filters * 0.33 + 1), int(filters * 0.4 + 1)
+        a = strided(x, wide)
+        b = strided(conv(conv(x, narrow, 1), wide, 3), wide)
+        c = layers.MaxPooling2D(3, strides=2, padding="same")(conv(x, wide, 1))
+        return layers.Concatenate()([a, b, c])
+
+    inputs = keras.Input((32, 32, 3))
+    x = layers.RandomFlip("horizontal")(inputs) if flip == "layer" else MapFnFlip()(inputs)
+    if hs["first_conv"] is not None:
+        x = conv(x, 16, int(hs["first_conv"]))
+    filters = int(40 * hs["conv_hiddn_units_mult"])
+    for i in range(int(hs["nb_conv_pool_layers"])):
+        x = conv(x, filters, int(round(hs["conv_kernel_size"])))
+        if hs["use_BN"]:
+            x = layers.BatchNormalization()(x)
+        if hs["residual"] is not None and i >= int(round(hs["conv_pool_res_start_idx"])):
+            for _ in range(int(round(hs["residual"]))):
+                shortcut = conv(x, filters, 1, activation="linear")
+                branch = layers.Dropout(hs["conv_dropout_drop_proba"])(x)
+                branch = conv(branch, filters, int(round(hs["res_conv_kernel_size"])))
+                x = layers.BatchNormalization()(layers.Add()([shortcut, branch]))
+        x = layers.Dropout(hs["conv_dropout_drop_proba"])(pool(x, filters))
+        filters *= 2
+    x = layers.Flatten()(x)
+    x = layers.Dense(int(1000 * hs["fc_units_1_mult"]), activation=act, kernel_regularizer=l2)(x)
+    x = layers.Dropout(hs["fc_dropout_drop_proba"])(x)
+    if hs["one_more_fc"] is not None:
+        x = layers.Dense(int(750 * hs["one_more_fc"]), activation=act, kernel_regularizer=l2)(x)
+        x = layers.Dropout(hs["fc_dropout_drop_proba"])(x)
+    fine = layers.Dense(100, activation="softmax", name="fine", kernel_regularizer=l2)(x)
+    coarse = layers.Dense(20, activation="softmax", name="coarse", kernel_regularizer=l2)(x)
+    model = keras.Model(inputs, [fine, coarse])
+    optimizer = {"Adam": keras.optimizers.Adam, "Nadam": keras.optimizers.Nadam,
+                 "RMSprop": keras.optimizers.RMSprop}[hs["optimizer"]]
+    model.compile(optimizer=optimizer(learning_rate=0.001 * hs["lr_rate_mult"]),
+                  loss=["categorical_crossentropy", "categorical_crossentropy"],
+                  loss_weights=[1.0, hs["coarse_labels_weight"]],
+                  metrics=[["accuracy"], ["accuracy"]])
+    return model
+
+
+class MapFnFlip(layers.Layer):
+    """The original's augmentation: each image flipped left-right with
+    probability 1/2, one image at a time. keras.ops.map is tf.map_fn under
+    TensorFlow (what the original called) and jax.lax.map under JAX."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = keras.random.SeedGenerator(0)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        coins = keras.random.uniform(ops.shape(images)[:1], seed=self.seed)
+        return ops.map(lambda pair: ops.where(pair[1] < 0.5, ops.flip(pair[0], axis=1), pair[0]),
+                       (images, coins))
+
+
+# ------------------------------------------------------------- throughput ----
+
+@dataclasses.dataclass
+class Variant:
+    """One model timed in the throughput section."""
+    model: str       # best, demo
+    kind: str        # project, reference, map_fn
+    precision: str   # the dtype policy it computes in
+    batch_size: int
+    fit: object = None
+    first_step_seconds: float = 0.0
+    seconds: list = dataclasses.field(default_factory=list)
+
+    @property
+    def label(self):
+        return f"{self.model} {self.kind} {self.precision} b{self.batch_size}"
+
+    def images_per_second(self, images):
+        return [images / s for s in self.seconds]
+
+
+def spaces():
+    return {"best": hyperopt_optimize.SPACE_BEST_ORIGINAL, "demo": hyperopt_optimize.SPACE_DEMO,
+            "small": SMALL_SPACE}
+
+
+def throughput_variants(args):
+    """What to time: per hyperspace and batch size, the project at each
+    precision and the reference; the map_fn flip for the first model."""
+    precisions = [neural_net.resolve_precision(p) for p in args.precisions]
+    variants = []
+    for model in args.models:
+        for batch_size in args.batch_sizes or [int(spaces()[model]["batch_size"])]:
+            variants += [Variant(model, "project", p, batch_size) for p in precisions]
+            if "float32" not in precisions:
+                variants.append(Variant(model, "project", "float32", batch_size))
+            variants.append(Variant(model, "reference", "float32", batch_size))
+    first = variants[0]
+    variants.append(Variant(first.model, "map_fn", "float32", first.batch_size))
+    return variants
+
+
+def prepare(variant, data, steps):
+    """Build the variant's model and its one-epoch fit; the first call
+    (tracing and compiling) is timed apart and left out of the throughput."""
+    hs = dict(spaces()[variant.model], batch_size=variant.batch_size)
+    n = variant.batch_size * steps
+    x, fine, coarse = (a[:n] for a in data)
+    if variant.kind == "project":
+        model = neural_net.build_model(hs, precision=variant.precision)
+        variant.fit = lambda k=n: neural_net.fit_model(
+            model, (x[:k], fine[:k], coarse[:k]), None, variant.batch_size, epochs=1)
+    else:
+        model = reference_model(hs, flip="layer" if variant.kind == "reference" else "map_fn")
+        project_params = neural_net.build_model(hs).count_params()
+        if model.count_params() != project_params:
+            raise SystemExit(f"benchmark error: the reference {variant.model} model has "
+                             f"{model.count_params()} parameters, the project's {project_params}:"
+                             " reference_model() no longer matches neural_net.build_model()")
+        x_float = x.astype("float32") / 255.0
+        y = [keras.utils.to_categorical(fine, 100), keras.utils.to_categorical(coarse, 20)]
+        variant.fit = lambda k=n: model.fit(x_float[:k], [y[0][:k], y[1][:k]],
+                                            batch_size=variant.batch_size, epochs=1,
+                                            shuffle=True, verbose=0)
+    started = time.perf_counter()
+    variant.fit(variant.batch_size)  # one step: traces and compiles
+    variant.first_step_seconds = time.perf_counter() - started
+
+
+def run_throughput(args, data):
+    variants = throughput_variants(args)
+    for variant in variants:
+        print(f"  compiling {variant.label} ...", flush=True)
+        prepare(variant, data, args.steps)
+    for rep in range(args.repeats):
+        # Rotate the order so that no variant always runs first or last.
+        order = variants[rep % len(variants):] + variants[:rep % len(variants)]
+        for variant in order:
+            started = time.perf_counter()
+            variant.fit()
+            variant.seconds.append(time.perf_counter() - started)
+        print(f"  repetition {rep + 1}/{args.repeats} done", flush=True)
+    return throughput_report(variants, args.steps)
+
+
+def paired_ratio(faster, slower):
+    """Median over repetitions of faster/slower throughput, run back to back."""
+    return statistics.median(s / f for f, s in zip(faster.seconds, slower.seconds))
+
+
+def throughput_report(variants, steps):
+    rows, ratios = [], {}
+    for v in variants:
+        ips = v.images_per_second(v.batch_size * steps)
+        rows.append({"model": v.model, "variant": v.kind, "precision": v.precision,
+                     "batch_size": v.batch_size, "images_per_second": statistics.median(ips),
+                     "min": min(ips), "max": max(ips), "runs": len(ips),
+                     "first_step_seconds": v.first_step_seconds})
+
+    def find(model, kind, batch_size, precision=None):
+        return next((v for v in variants if (v.model, v.kind, v.batch_size) ==
+                     (model, kind, batch_size) and precision in (None, v.precision)), None)
+
+    for v in variants:
+        if v.kind != "project":
+            continue
+        if v is find(v.model, "project", v.batch_size):  # the first precision asked for
+            key = f"{v.model}_vs_reference_ratio"
+            if key in ratios:  # further batch sizes get their own key
+                key = f"{v.model}_b{v.batch_size}_vs_reference_ratio"
+            ratios[key] = paired_ratio(v, find(v.model, "reference", v.batch_size))
+        fp32 = find(v.model, "project", v.batch_size, "float32")
+        if v.precision != "float32" and fp32:
+            ratios[f"{v.model}_b{v.batch_size}_{short(v.precision)}_vs_fp32_ratio"] = \
+                paired_ratio(v, fp32)
+    map_fn = next(v for v in variants if v.kind == "map_fn")
+    ratios["vectorised_flip_vs_map_fn_ratio"] = paired_ratio(
+        find(map_fn.model, "reference", map_fn.batch_size), map_fn)
+    return rows, ratios
+
+
+def short(precision):
+    return {"mixed_bfloat16": "bf16", "mixed_float16": "fp16", "float32": "fp32"}[precision]
+
+
+# --------------------------------------------------------------- overhead ----
+
+def small_trial_config(data_dir, work, **changes):
+    return utils.Config(epochs=1, dataset_size=SMALL_TRIAL_IMAGES, data_dir=str(data_dir),
+                        offline=True, plots=False, results_dir=str(work / "results"),
+                        trials_file=str(work / "results.pkl"),
+                        keras_home=str(work / "keras_home"), **changes)
+
+
+def run_overhead(data_dir, work):
+    """Seconds from the objective being called to the end of the first
+    training step of a trial trained in this process (--in-process), with the
+    data set read from the archive, from its decoded copy, and from memory."""
+    archive = data_dir / neural_net.CIFAR100_ARCHIVE
+    config = small_trial_config(data_dir, work, in_process=True)
+
+    def first_step():
+        return hyperopt_optimize.optimize_cnn(SMALL_SPACE, config)["seconds_to_first_step"]
+
+    seconds = {}
+    neural_net.decoded_cache_path(archive).unlink(missing_ok=True)
+    neural_net.unload_cifar100()
+    seconds["in_process_from_archive"] = first_step()
+    neural_net.unload_cifar100()
+    seconds["in_process_from_disk_cache"] = first_step()
+    seconds["in_process_data_in_memory"] = first_step()
+    return seconds
+
+
+# -------------------------------------------------------------------- TPE ----
+
+def run_tpe(counts, repeats):
+    """Median seconds of one tpe.suggest call with N finished trials stored."""
+    from hyperopt import JOB_STATE_DONE, STATUS_OK, Domain, Trials, rand, tpe
+    domain = Domain(lambda hype_space: 0.0, hyperopt_optimize.space)
+    rng = np.random.default_rng(0)
+    seconds = {}
+    for count in counts:
+        trials = Trials()
+        docs = rand.suggest(list(range(count)), domain, trials, seed=0)
+        for doc in docs:
+            doc["state"] = JOB_STATE_DONE
+            doc["result"] = {"status": STATUS_OK, "loss": -float(rng.uniform(0.05, 0.65))}
+        trials.insert_trial_docs(docs)
+        trials.refresh()
+        times = []
+        for rep in range(repeats):
+            started = time.perf_counter()
+            tpe.suggest([count + rep], domain, trials, seed=rep)
+            times.append(time.perf_counter() - started)
+        seconds[str(count)] = statistics.median(times)
+    return seconds
+
+
+# ----------------------------------------------------------------- memory ----
+
+def run_trial_processes(data_dir, work, n_trials):
+    """Consecutive small trials as the search runs them, each in a process of
+    its own: the first in a process started when the objective is called,
+    the others in the one started during the trial before (waited for, as
+    after a trial of minutes). Returns (first-step seconds, memory): this
+    process's memory after each trial, and each trial process's peak."""
+    config = small_trial_config(data_dir, work)
+    hyperopt_optimize.stop_spare_process()
+    after, trial_peaks, first_steps = [], [], []
+    for i in range(n_trials):
+        if i:
+            hyperopt_optimize.wait_for_spare_process()
+        result = hyperopt_optimize.optimize_cnn(SMALL_SPACE, config)
+        after.append(neural_net.memory_mb())
+        trial_peaks.append(result.get("peak_memory_mb"))
+        first_steps.append(result.get("seconds_to_first_step"))
+        print(f"  trial {i + 1}/{n_trials}: first step after {first_steps[-1]} s; search process "
+              f"{after[-1]:.0f} MiB, trial process peak {trial_peaks[-1]} MiB", flush=True)
+    hyperopt_optimize.stop_spare_process()
+    overhead = {"new_trial_process": first_steps[0],
+                "prestarted_trial_process": statistics.median(first_steps[1:] or first_steps)}
+    settled = after[1:] or after  # the first trial loads libraries for good
+    memory = {"search_process_mb_after_each_trial": after,
+              "search_process_peak_mb": neural_net.peak_memory_mb(),
+              "search_process_growth_mb": settled[-1] - settled[0],
+              "search_process_growth_mb_per_trial":
+                  float(np.polyfit(range(len(settled)), settled, 1)[0]) if len(settled) > 1 else 0.0,
+              "trial_process_peak_mb": trial_peaks}
+    return overhead, memory
+
+
+# ------------------------------------------------------------------ report ----
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "keras": keras.__version__,
+            "backend": keras.backend.backend()}
+    if info["backend"] == "jax":
+        import jax
+        info["jax"] = jax.__version__
+        info["device"] = str(jax.devices()[0].device_kind)
+    else:
+        import tensorflow as tf
+        info["tensorflow"] = tf.__version__
+        gpus = tf.config.list_physical_devices("GPU")
+        info["device"] = (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+                          if gpus else "CPU")
+    return info
+
+
+def print_report(report):
+    import pandas as pd
+    m = report["machine"]
+    print(f"\nBenchmark of {report['date']} on {m['cpu']} ({m['cpu_cores']} cores), "
+          f"device {m['device']}, Keras {m['keras']} on {m['backend']}")
+    if "throughput" in report:
+        table = pd.DataFrame(report["throughput"])
+        print("\nTraining throughput, images/s (median, min, max over runs):")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    ratios = {k: v for k, v in report.items() if k.endswith("_ratio")}
+    for key, value in ratios.items():
+        print(f"  {key}: {value:.3f}")
+    if "best_100_epoch_trial_hours" in report:
+        print(f"  one 100-epoch trial of the best model (50000 images, training only): "
+              f"{report['best_100_epoch_trial_hours']:.2f} h")
+    if "overhead_seconds" in report:
+        print("\nTrial overhead, seconds from the objective's call to the end of the first step:")
+        for key, value in report["overhead_seconds"].items():
+            print(f"  {key}: {value:.2f}")
+    if "tpe_suggest_seconds" in report:
+        print("\nTPE, seconds to suggest one trial with N finished trials:")
+        for key, value in report["tpe_suggest_seconds"].items():
+            print(f"  {key}: {value:.3f}")
+    if "memory" in report:
+        mem = report["memory"]
+        print(f"\nMemory over {len(mem['search_process_mb_after_each_trial'])} small trials: "
+              f"search process peak {mem['search_process_peak_mb']:.0f} MiB, growth after "
+              f"the first trial {mem['search_process_growth_mb']:+.1f} MiB "
+              f"({mem['search_process_growth_mb_per_trial']:+.2f} MiB/trial); trial processes "
+              f"peaked at {max(p or 0 for p in mem['trial_process_peak_mb']):.0f} MiB")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.perf_counter()
+    report = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "out"}}
+    with tempfile.TemporaryDirectory(prefix="hks-bench-") as tmp:
+        work = Path(tmp)
+        n_test = max(1, int(args.archive_images * TEST_FRACTION))
+        print(f"Writing a synthetic archive of {args.archive_images} + {n_test} images ...",
+              flush=True)
+        data_dir = work / "ml_req"
+        data_dir.mkdir()
+        archive = data_dir / "cifar-100-python.tar.gz"
+        fake_cifar100.write_archive(archive, args.archive_images, n_test)
+        if "throughput" in args.only:
+            print("Throughput:", flush=True)
+            data = throughput_data(args, data_dir, work)
+            rows, ratios = run_throughput(args, data)
+            report["throughput"] = rows
+            report.update(ratios)
+            best = next((r for r in rows if r["model"] == "best" and r["variant"] == "project"), None)
+            if best:
+                report["best_100_epoch_trial_hours"] = (
+                    100 * FULL_TRAINING_IMAGES / best["images_per_second"] / HOURS)
+        if "overhead" in args.only:
+            print("Trial overhead:", flush=True)
+            report["overhead_seconds"] = run_overhead(data_dir, work)
+        if "tpe" in args.only:
+            print("TPE suggestion latency:", flush=True)
+            report["tpe_suggest_seconds"] = run_tpe(args.tpe_trials, args.repeats)
+        if "memory" in args.only or "overhead" in args.only:
+            print("Trials in their own processes (memory, overhead):", flush=True)
+            n_trials = args.memory_trials if "memory" in args.only else 2
+            overhead, memory = run_trial_processes(data_dir, work, n_trials)
+            if "overhead" in args.only:
+                report["overhead_seconds"].update(overhead)
+            if "memory" in args.only:
+                report["memory"] = memory
+    report["benchmark_seconds"] = time.perf_counter() - started
+    print_report(report)
+    print(f"\nBenchmark took {report['benchmark_seconds']:.0f} s.")
+    if args.out:
+        utils.atomic_write(args.out, (json.dumps(report, indent=2) + "\n").encode())
+        print(f"Wrote {args.out}")
+    return 0
+
+
+def throughput_data(args, data_dir, work):
+    """The synthetic archive's training images and labels, repeated if the
+    largest timed run needs more."""
+    sizes = args.batch_sizes or [int(spaces()[m]["batch_size"]) for m in args.models]
+    needed = max(sizes) * args.steps
+    (x, fine, coarse), _ = neural_net.load_cifar100(data_dir, small_trial_config(data_dir, work))
+    take = np.arange(needed) % len(x)
+    return x[take], fine[take], coarse[take]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

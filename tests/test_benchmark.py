@@ -1,0 +1,51 @@
+"""benchmark.py runs and writes JSON a later commit can be compared with.
+(The benchmark is not a timed test: no speed is asserted here.)"""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+# --quick, shrunk further to a small model and few trials to keep the suite short.
+QUICK_AND_SMALL = ["--quick", "--models", "small", "--steps", "1", "--repeats", "2",
+                   "--archive-images", "600", "--tpe-trials", "10,20", "--memory-trials", "3"]
+
+
+def test_quick_benchmark_writes_well_formed_json(tmp_path, clean_env):
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), *QUICK_AND_SMALL,
+                          "--out", str(out)], cwd=tmp_path, env=clean_env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    assert {"cpu", "cpu_cores", "backend", "keras", "device"} <= set(report["machine"])
+    rows = report["throughput"]
+    assert {(r["model"], r["variant"]) for r in rows} == {
+        ("small", "project"), ("small", "reference"), ("small", "map_fn")}
+    for row in rows:
+        assert row["runs"] == 2 and row["batch_size"] == 64
+        assert 0 < row["min"] <= row["images_per_second"] <= row["max"]
+        assert row["first_step_seconds"] > 0
+    assert report["small_vs_reference_ratio"] > 0
+    assert report["vectorised_flip_vs_map_fn_ratio"] > 0
+
+    assert set(report["overhead_seconds"]) == {
+        "in_process_from_archive", "in_process_from_disk_cache", "in_process_data_in_memory",
+        "new_trial_process", "prestarted_trial_process"}
+    assert all(v > 0 for v in report["overhead_seconds"].values())
+    assert set(report["tpe_suggest_seconds"]) == {"10", "20"}
+
+    memory = report["memory"]
+    assert len(memory["search_process_mb_after_each_trial"]) == 3
+    assert all(peak > 0 for peak in memory["trial_process_peak_mb"])
+    assert "small_vs_reference_ratio" in run.stdout  # the printed table
+
+
+def test_bad_flags_get_one_line(tmp_path, clean_env):
+    run = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "--models", "huge"],
+                         cwd=tmp_path, env=clean_env, capture_output=True, text=True)
+    assert run.returncode == 2
+    assert "choose among best,demo,small" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -321,6 +321,7 @@ def throughput_report(variants, steps):
         rows.append({"model": v.model, "variant": v.kind, "precision": v.precision,
                      "batch_size": v.batch_size, "images_per_second": statistics.median(ips),
                      "min": min(ips), "max": max(ips), "runs": len(ips),
+                     "per_run": [round(v, 2) for v in ips],
                      "first_step_seconds": v.first_step_seconds})
 
     def find(model, kind, batch_size, precision=None):
@@ -469,7 +470,7 @@ def print_report(report):
     print(f"\nBenchmark of {report['date']} on {m['cpu']} ({m['cpu_cores']} cores), "
           f"device {m['device']}, Keras {m['keras']} on {m['backend']}")
     if "throughput" in report:
-        table = pd.DataFrame(report["throughput"])
+        table = pd.DataFrame(report["throughput"]).drop(columns="per_run")
         print("\nTraining throughput, images/s (median, min, max over runs):")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     ratios = {k: v for k, v in report.items() if k.endswith("_ratio")}

@@ -230,10 +230,16 @@ def train_trial_in_child(hype_space, config, called_at=None):
     the next one."""
     global _spare
     import neural_net
+    task = (hype_space, config, called_at, os.getcwd())  # a MongoDB worker moves per job
     trial_process = take_spare_process()
+    try:
+        trial_process[1].send(task)
+    except OSError:  # the spare died while it waited (broken pipe): start afresh
+        close_trial_process(trial_process)
+        trial_process = start_trial_process()
+        trial_process[1].send(task)
     child, task_send, result_receive = trial_process
     try:
-        task_send.send((hype_space, config, called_at))
         _spare = start_trial_process()
         kind, payload = receive_result(result_receive)
     except EOFError:  # the child died without answering
@@ -271,9 +277,10 @@ def child_main(task_receive, result_send):
         import neural_net
         result_send.send(("ready", None))
         try:
-            hype_space, config, called_at = task_receive.recv()
+            hype_space, config, called_at, cwd = task_receive.recv()
         except EOFError:  # the search ended without needing this process
             return
+        os.chdir(cwd)  # TensorBoard/ and weights/ are relative to the trial's folder
         try:
             result_send.send(("result", train_trial(hype_space, config, called_at)))
         except neural_net.DatasetError as err:

@@ -292,3 +292,19 @@ def test_tensorboard_shows_each_trial_in_the_hparams_dashboard(config, tiny_spac
     assert metrics["fine_best_accuracy"] == pytest.approx(result["fine_best_accuracy"])
     assert (run / "train").is_dir() and (run / "validation").is_dir()  # the epochs' scalars
     assert read_events(tmp_path / "TensorBoard")  # the experiment: domains and metrics
+
+
+def test_a_prestarted_trial_process_trains_in_the_callers_folder(config, tiny_space, tmp_path,
+                                                                  monkeypatch):
+    """A MongoDB worker moves into a folder per job; the trial process started
+    during the previous job must follow it (TensorBoard/ and weights/ are relative)."""
+    config.tensorboard = True
+    try:
+        for job in ("job1", "job2"):
+            (tmp_path / job).mkdir()
+            monkeypatch.chdir(tmp_path / job)
+            result = hyperopt_optimize.optimize_cnn(tiny_space, config)
+            assert result["status"] == "ok"
+            assert (tmp_path / job / "TensorBoard" / result["model_name"]).is_dir()
+    finally:
+        hyperopt_optimize.stop_spare_process()

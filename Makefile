@@ -9,7 +9,7 @@ EXPERIMENT_NAME ?= hyperopt_keras_cifar100
 MONGO_DB_PORT ?= 27017
 export EXPERIMENT_NAME MONGO_DB_HOST MONGO_DB_PORT
 
-.PHONY: install_req install_req_gpu install_dev install_graph_viz run_hyperopt run_hyperopt_worker test bench clean_results
+.PHONY: install_req install_req_gpu install_dev install_graph_viz run_hyperopt run_hyperopt_worker test test-fast bench clean_results
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ run_hyperopt_worker: install_req
 
 test: install_dev install_graph_viz
 	$(BIN)/python -m pytest -q tests
+
+# The quick part of the suite, while you work: the tests marked slow (searches
+# and MongoDB in subprocesses, JAX, the benchmark) are left out.
+test-fast: install_dev install_graph_viz
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 # Throughput against a plain Keras reference, trial overhead, TPE latency and
 # memory, on a synthetic data set; `make bench BENCH_ARGS=--quick` for a short run.

@@ -36,27 +36,23 @@ results folder):
 --to-tensorboard DIR writes each successful trial as one run folder of
 TensorBoard's HParams dashboard (DIR/<model_name>/: its hyperparameters and
 final metrics), and the experiment (the hyperparameters' domains and the
-metrics) in DIR itself: `tensorboard --logdir DIR`, then the HPARAMS tab.
-write_hparams_run() and write_hparams_experiment() do that for one trial and
-are meant to be called by the search too. Only the `tensorboard` package is
-used, never TensorFlow (whose import takes seconds).
+metrics) in DIR itself: `tensorboard --logdir DIR`, then the HPARAMS tab
+(tensorboard_hparams.py, which the search uses too). A hyperparameter that is
+null in some trial is conditional there: its value or 'none', as a string.
 
 Exit codes: 0 done (also for a folder without results), 1 missing results
 folder or an output that cannot be written, 2 bad flags.
 """
 
-import argparse
 import io
 import math
-import os
-import socket
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+import tensorboard_hparams
 import utils
 
 # matplotlib and the tensorboard protos are imported by the functions that use
@@ -80,18 +76,6 @@ RESULT_COLUMNS = [
     "coarse_end_loss", "loss", "real_loss", "test_fine_accuracy", "test_coarse_accuracy",
     "epochs", "training_seconds", "nb_params", "train_images", "validation_images",
 ]
-# Validation fine accuracy per epoch: Keras 3 name (this project), Keras 2 (the original's).
-VAL_FINE_KEYS = ["val_fine_outputs_accuracy", "val_fine_outputs_acc"]
-
-# The keys of hyperopt_optimize.space that are hp.choice([None, ...]): null in
-# a result when that part of the model is not used.
-CONDITIONAL_HPARAMS = ("first_conv", "residual", "one_more_fc")
-NONE = "none"  # a conditional hyperparameter's HParams value when unused
-# Final metrics written to TensorBoard, when a result has them.
-METRIC_TAGS = ["fine_best_accuracy", "coarse_best_accuracy", "fine_end_accuracy",
-               "coarse_end_accuracy", "fine_best_loss", "coarse_best_loss",
-               "test_fine_accuracy", "test_coarse_accuracy", "training_seconds"]
-EVENTS_SUFFIX = ".hks-hparams"  # marks the event files this script writes (and replaces)
 
 
 class OutputError(Exception):
@@ -129,19 +113,9 @@ def result_problem(result):
         return "no 'space' (hyperparameters) in it"
     if not isinstance(result.get("model_name"), str):
         return "no 'model_name' in it"
-    if result.get("status") == "ok" and not is_number(result.get("fine_best_accuracy")):
+    if result.get("status") == "ok" and not utils.is_number(result.get("fine_best_accuracy")):
         return "status 'ok' but no fine_best_accuracy"
     return None
-
-
-def is_number(value):
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
-def trial_id(path):
-    """The random id at the end of a result's name: model_0.6761_<id>.txt.json."""
-    return path.name.removesuffix(utils.RESULT_SUFFIX).rsplit("_", 1)[-1]
 
 
 def trial_order(trials):
@@ -155,17 +129,8 @@ def trial_order(trials):
             group = []
         group.append(trial)
     groups.append(group)
-    return [t for g in groups for t in sorted(g, key=lambda t: (trial_id(t["path"]),
+    return [t for g in groups for t in sorted(g, key=lambda t: (utils.model_id(t["path"].name),
                                                                   t["path"].name))]
-
-
-def val_fine_curve(result):
-    """Validation fine accuracy per epoch (Keras 3 or Keras 2 name), or []."""
-    history = result.get("history") or {}
-    for key in VAL_FINE_KEYS:
-        if isinstance(history.get(key), list):
-            return [v if is_number(v) else np.nan for v in history[key]]
-    return []
 
 
 def trials_frame(trials):
@@ -178,7 +143,7 @@ def trials_frame(trials):
                "model_name": result.get("model_name")}
         row.update({key: result.get(key) for key in RESULT_COLUMNS})
         if row["epochs"] is None:  # the original's results: the history says
-            row["epochs"] = len(val_fine_curve(result)) or None
+            row["epochs"] = len(utils.val_fine_curve(result)) or None
         row["error"] = str(result.get("error") or "").strip().split("\n")[0] or None
         rows.append(row)
     info = pd.DataFrame(rows, columns=["trial", "file", "status", "model_name",
@@ -210,7 +175,7 @@ def encode_hyperparameters(frame, names):
         if present.map(lambda v: isinstance(v, (bool, np.bool_))).all():
             columns[name] = values.map({True: 1.0, False: 0.0}).astype(float)
             labels[name] = ["False", "True"]
-        elif present.map(is_number).all():
+        elif present.map(utils.is_number).all():
             columns[name] = pd.to_numeric(values, errors="coerce").astype(float)
         else:  # strings, or mixed: categories
             text = present.astype(str)
@@ -268,8 +233,8 @@ def leaderboard(frame, hparams, ok, top):
 
 def short_value(value):
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return NONE
-    if is_number(value):
+        return tensorboard_hparams.NONE
+    if utils.is_number(value):
         return f"{value:.4g}"
     return str(value)
 
@@ -405,7 +370,7 @@ def plot_learning_curves(trials, frame, ok, top, path):
     ax = figure.subplots()
     best = frame[ok].sort_values("fine_best_accuracy", ascending=False, kind="stable").head(top)
     for index, row in best.iterrows():
-        curve = val_fine_curve(trials[index]["result"])
+        curve = utils.val_fine_curve(trials[index]["result"])
         if curve:
             ax.plot(range(1, len(curve) + 1), curve, linewidth=1,
                     label=f"{row['fine_best_accuracy']:.4f} {row['model_name']}")
@@ -431,111 +396,6 @@ def write_output(path, data):
 
 # ------------------------------------------------- TensorBoard HParams ----
 
-def hparams_of(space, conditional=CONDITIONAL_HPARAMS):
-    """A result's `space` as the flat dict of HParams values: bool and str as
-    they are, numbers as float. A conditional hyperparameter is always a str
-    (its value, e.g. '3', or 'none' when unused) so that it has one type in
-    every run, as the dashboard needs; any other null becomes 'none' too."""
-    values = {}
-    for name, value in space.items():
-        if value is None:
-            values[name] = NONE
-        elif name in conditional:
-            values[name] = f"{value:g}" if is_number(value) else str(value)
-        elif isinstance(value, (bool, str)):
-            values[name] = value
-        elif is_number(value):
-            values[name] = float(value)
-        else:
-            values[name] = str(value)
-    return values
-
-
-def final_metrics(result):
-    """{tag: value} of the METRIC_TAGS the result has."""
-    return {tag: float(result[tag]) for tag in METRIC_TAGS if is_number(result.get(tag))}
-
-
-def write_hparams_run(result, log_dir, conditional=CONDITIONAL_HPARAMS):
-    """Write one successful trial to log_dir/<model_name>/ for TensorBoard's
-    HParams dashboard: its hyperparameters (hparams_of) and its final metrics
-    as scalars. Writing the same trial again replaces its file. Returns the
-    run folder, or None for a failed trial (nothing is written)."""
-    from tensorboard.plugins.hparams import summary_v2
-    if result.get("status") != "ok":
-        return None
-    run_dir = Path(log_dir) / Path(str(result["model_name"])).name
-    epochs = result.get("epochs")
-    step = int(epochs) if is_number(epochs) else len(val_fine_curve(result))
-    summaries = [(0, summary_v2.hparams_pb(hparams_of(result["space"], conditional),
-                                           trial_id=str(result["model_name"])))]
-    summaries += [(step, scalar_summary(tag, value))
-                  for tag, value in final_metrics(result).items()]
-    write_events(run_dir, summaries)
-    return run_dir
-
-
-def write_hparams_experiment(log_dir, results, conditional=CONDITIONAL_HPARAMS):
-    """Write the experiment in log_dir itself: each hyperparameter's domain
-    over the successful `results` (the values seen: an interval for numbers,
-    the set for str and bool) and the metrics they have. Replaces the one
-    written before; a running TensorBoard shows new domains after a restart.
-    Returns the number of hyperparameters. Without a successful result it
-    writes nothing (an empty experiment would hide the runs' hyperparameters)."""
-    from tensorboard.plugins.hparams import summary_v2 as hp
-    results = [r for r in results if r.get("status") == "ok"]
-    if not results:
-        return 0
-    seen = {}
-    for result in results:
-        for name, value in hparams_of(result["space"], conditional).items():
-            seen.setdefault(name, []).append(value)
-    hparams = []
-    for name, values in sorted(seen.items()):
-        kinds = {type(v) for v in values}
-        if kinds == {float}:
-            domain = hp.RealInterval(min(values), max(values))
-        elif len(kinds) == 1:
-            domain = hp.Discrete(sorted(set(values)))
-        else:
-            domain = None  # mixed types: only possible with an unlisted conditional
-        description = f"'{NONE}' when not used" if name in conditional else None
-        hparams.append(hp.HParam(name, domain, description=description))
-    tags = [tag for tag in METRIC_TAGS if any(is_number(r.get(tag)) for r in results)]
-    metrics = [hp.Metric(tag, display_name=tag.replace("_", " ")) for tag in tags]
-    write_events(Path(log_dir), [(0, hp.hparams_config_pb(hparams, metrics))])
-    return len(hparams)
-
-
-def scalar_summary(tag, value):
-    from tensorboard.compat.proto import summary_pb2
-    return summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)])
-
-
-def write_events(folder, summaries):
-    """One event file of (step, Summary) in `folder`, replacing the one this
-    script wrote there before. tensorboard's EventFileWriter is not used: it
-    imports TensorFlow when installed (seconds) for its file access."""
-    from tensorboard.compat.proto import event_pb2
-    from tensorboard.summary.writer.record_writer import RecordWriter
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob(f"events.out.tfevents.*{EVENTS_SUFFIX}"):
-        old.unlink()
-    now = time.time()
-    buffer = io.BytesIO()
-    records = RecordWriter(buffer)
-    records.write(event_pb2.Event(wall_time=now, file_version="brain.Event:2")
-                  .SerializeToString())
-    for step, summary in summaries:
-        records.write(event_pb2.Event(wall_time=now, step=step, summary=summary)
-                      .SerializeToString())
-    name = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}"
-    # A plain write, not utils.atomic_write: TensorBoard would read its
-    # temporary file (the name holds "tfevents"), and it copes with a file
-    # that is still being written.
-    (folder / (name + EVENTS_SUFFIX)).write_bytes(buffer.getvalue())
-
-
 def write_tensorboard(trials, log_dir, conditional):
     """--to-tensorboard: every successful trial, then the experiment."""
     results = [t["result"] for t in trials if t["result"].get("status") == "ok"]
@@ -544,8 +404,8 @@ def write_tensorboard(trials, log_dir, conditional):
         return
     try:
         for result in results:
-            write_hparams_run(result, log_dir, conditional)
-        count = write_hparams_experiment(log_dir, results, conditional)
+            tensorboard_hparams.write_hparams_run(result, log_dir, conditional)
+        count = tensorboard_hparams.write_hparams_experiment(log_dir, results, conditional)
     except OSError as err:
         raise OutputError(f"cannot write to --to-tensorboard {log_dir}: {err}") from None
     print(f"TensorBoard: {len(results)} runs with {count} hyperparameters in {log_dir}/ "
@@ -553,13 +413,6 @@ def write_tensorboard(trials, log_dir, conditional):
 
 
 # ------------------------------------------------------------------ main ----
-
-def positive_int(text):
-    try:
-        return utils.positive_int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
 
 def build_parser():
     parser = utils.OneLineErrorParser(
@@ -570,7 +423,8 @@ def build_parser():
                         help="folder of the trials' *.txt.json (default: %(default)s)")
     parser.add_argument("--out-dir", default=None,
                         help="where the CSV and the plots go (default: the results folder)")
-    parser.add_argument("--top", type=positive_int, default=TOP_N, metavar="N",
+    parser.add_argument("--top", type=utils.argparse_type(utils.positive_int),
+                        default=TOP_N, metavar="N",
                         help="trials in the leaderboard and the learning curves "
                              "(default: %(default)s)")
     parser.add_argument("--to-tensorboard", default=None, metavar="DIR",
@@ -637,10 +491,9 @@ def analyse(trials, skipped, args):
     print(f"Wrote {', '.join(written)} in {out_dir}/")
 
     if args.to_tensorboard:
-        # Keys null in some trial of this folder are conditional too (a changed space).
-        nullable = {name for name in hparams if frame[name].isna().any()}
-        write_tensorboard(trials, args.to_tensorboard,
-                          tuple(sorted(set(CONDITIONAL_HPARAMS) | nullable)))
+        # The conditional hyperparameters: those null in some trial of this folder.
+        nullable = tuple(sorted(name for name in hparams if frame[name].isna().any()))
+        write_tensorboard(trials, args.to_tensorboard, nullable)
     print(summary_line(frame, ok, skipped))
 
 

@@ -1,7 +1,7 @@
 """Measure what one trial of the search costs, and print it as a table.
 
-In one run, on a synthetic data set in the real CIFAR-100 format (the tests'
-archive writer, so it runs anywhere):
+In one run, on a synthetic data set in the real CIFAR-100 format
+(dataset.write_synthetic_archive, so it runs anywhere):
 
 1. training throughput (images/s) of the seed's best and demo hyperspaces
    through this project's training path (neural_net.build_model + fit_model,
@@ -38,17 +38,15 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT / "tests"))  # fake_cifar100: writes archives in the real format
+import numpy as np
 
-import numpy as np  # noqa: E402
+import dataset
+import hyperopt_optimize  # the spaces
+import neural_net  # first: it quiets TensorFlow's start-up (imports Keras, TensorFlow or JAX)
+import trial_process
+import utils
 
-import fake_cifar100  # noqa: E402
-import hyperopt_optimize  # noqa: E402
-import neural_net  # noqa: E402  (imports Keras, and TensorFlow or JAX)
-import utils  # noqa: E402
-
-import keras  # noqa: E402
+import keras  # noqa: E402  (after neural_net)
 from keras import layers, ops  # noqa: E402
 
 SECTIONS = ("throughput", "overhead", "tpe", "memory")
@@ -77,7 +75,9 @@ FULL_TRAINING_IMAGES = 50000  # one epoch of the real CIFAR-100 training split
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    positive = utils.argparse_type(utils.positive_int)
+    numbers = utils.argparse_type(positive_ints)
+    parser = utils.OneLineErrorParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Sizes left out come from --quick or the default preset.")
     parser.add_argument("--quick", action="store_true",
@@ -88,9 +88,9 @@ def parse_args(argv=None):
     parser.add_argument("--models", type=names_of(MODELS),
                         help="comma-separated hyperspaces to time: best,demo (the seed's; "
                              "--quick: best), small (a small model, to check the benchmark runs)")
-    parser.add_argument("--steps", type=positive(int),
+    parser.add_argument("--steps", type=positive,
                         help="training steps (batches) per timed run")
-    parser.add_argument("--repeats", type=positive(int), help="timed runs per variant")
+    parser.add_argument("--repeats", type=positive, help="timed runs per variant")
     parser.add_argument("--batch-sizes", type=numbers, metavar="N,N",
                         help="batch sizes to time (default: each hyperspace's own, "
                              "320 for best, 300 for demo; --quick: 64)")
@@ -99,12 +99,12 @@ def parse_args(argv=None):
                         help="the project's precisions to time; the first is compared "
                              "with the reference, the others with float32 (default: auto, "
                              "mixed_bfloat16 on a recent GPU, else float32)")
-    parser.add_argument("--archive-images", type=positive(int),
+    parser.add_argument("--archive-images", type=positive,
                         help="training images in the synthetic archive that the overhead "
                              "section loads (50000 like the real one; --quick: 5000)")
     parser.add_argument("--tpe-trials", type=numbers, metavar="N,N",
                         help="finished trials in the store when TPE is timed (10,100,1000)")
-    parser.add_argument("--memory-trials", type=positive(int),
+    parser.add_argument("--memory-trials", type=positive,
                         help="consecutive small trials watched for memory growth (10)")
     args = parser.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "default"]
@@ -115,29 +115,18 @@ def parse_args(argv=None):
 
 
 def names_of(allowed):
-    def parse(text):
-        names = [n.strip() for n in text.split(",") if n.strip()]
-        unknown = [n for n in names if n not in allowed]
-        if unknown or not names:
-            raise argparse.ArgumentTypeError(f"{text!r}: choose among {','.join(allowed)}")
-        return names
-    return parse
+    """An argparse type: comma-separated names, each one of `allowed`."""
+    def names(text):
+        chosen = [n.strip() for n in text.split(",") if n.strip()]
+        if not chosen or any(n not in allowed for n in chosen):
+            raise ValueError(f"{text!r}: choose among {','.join(allowed)}")
+        return chosen
+    return utils.argparse_type(names)
 
 
-def positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
-        return value
-    return parse
-
-
-def numbers(text):
-    return [positive(int)(n) for n in text.split(",") if n.strip()]
+def positive_ints(text):
+    """Comma-separated whole numbers above 0 (ValueError otherwise)."""
+    return [utils.positive_int(n) for n in text.split(",") if n.strip()]
 
 
 # ------------------------------------------------ the plain Keras reference ----
@@ -364,27 +353,27 @@ def short(precision):
 # --------------------------------------------------------------- overhead ----
 
 def small_trial_config(data_dir, work, **changes):
-    return utils.Config(epochs=1, dataset_size=SMALL_TRIAL_IMAGES, data_dir=str(data_dir),
-                        offline=True, plots=False, results_dir=str(work / "results"),
-                        trials_file=str(work / "results.pkl"),
-                        keras_home=str(work / "keras_home"), **changes)
+    return utils.TrialSettings(epochs=1, dataset_size=SMALL_TRIAL_IMAGES, data_dir=str(data_dir),
+                               offline=True, results_dir=str(work / "results"),
+                               keras_home=str(work / "keras_home"), **changes)
 
 
 def run_overhead(data_dir, work):
     """Seconds from the objective being called to the end of the first
     training step of a trial trained in this process (--in-process), with the
     data set read from the archive, from its decoded copy, and from memory."""
-    archive = data_dir / neural_net.CIFAR100_ARCHIVE
+    archive = data_dir / dataset.CIFAR100_ARCHIVE
     config = small_trial_config(data_dir, work, in_process=True)
 
     def first_step():
-        return hyperopt_optimize.optimize_cnn(SMALL_SPACE, config)["seconds_to_first_step"]
+        result = trial_process.train_here(SMALL_SPACE, config, called_at=time.time())
+        return result["seconds_to_first_step"]
 
     seconds = {}
-    neural_net.decoded_cache_path(archive).unlink(missing_ok=True)
-    neural_net.unload_cifar100()
+    dataset.decoded_cache_path(archive).unlink(missing_ok=True)
+    dataset.unload_cifar100()
     seconds["in_process_from_archive"] = first_step()
-    neural_net.unload_cifar100()
+    dataset.unload_cifar100()
     seconds["in_process_from_disk_cache"] = first_step()
     seconds["in_process_data_in_memory"] = first_step()
     return seconds
@@ -424,18 +413,18 @@ def run_trial_processes(data_dir, work, n_trials):
     after a trial of minutes). Returns (first-step seconds, memory): this
     process's memory after each trial, and each trial process's peak."""
     config = small_trial_config(data_dir, work)
-    hyperopt_optimize.stop_spare_process()
+    trial_process.stop_spare()
     after, trial_peaks, first_steps = [], [], []
     for i in range(n_trials):
         if i:
-            hyperopt_optimize.wait_for_spare_process()
-        result = hyperopt_optimize.optimize_cnn(SMALL_SPACE, config)
+            trial_process.wait_for_spare()
+        result = trial_process.train_in_child(SMALL_SPACE, config, called_at=time.time())
         after.append(neural_net.memory_mb())
         trial_peaks.append(result.get("peak_memory_mb"))
         first_steps.append(result.get("seconds_to_first_step"))
         print(f"  trial {i + 1}/{n_trials}: first step after {first_steps[-1]} s; search process "
               f"{after[-1]:.0f} MiB, trial process peak {trial_peaks[-1]} MiB", flush=True)
-    hyperopt_optimize.stop_spare_process()
+    trial_process.stop_spare()
     overhead = {"new_trial_process": first_steps[0],
                 "prestarted_trial_process": statistics.median(first_steps[1:] or first_steps)}
     settled = after[1:] or after  # the first trial loads libraries for good
@@ -520,7 +509,7 @@ def main(argv=None):
         data_dir = work / "ml_req"
         data_dir.mkdir()
         archive = data_dir / "cifar-100-python.tar.gz"
-        fake_cifar100.write_archive(archive, args.archive_images, n_test)
+        dataset.write_synthetic_archive(archive, args.archive_images, n_test)
         if "throughput" in args.only:
             print("Throughput:", flush=True)
             data = throughput_data(args, data_dir, work)
@@ -559,7 +548,7 @@ def throughput_data(args, data_dir, work):
     largest timed run needs more."""
     sizes = args.batch_sizes or [int(spaces()[m]["batch_size"]) for m in args.models]
     needed = max(sizes) * args.steps
-    (x, fine, coarse), _ = neural_net.load_cifar100(data_dir, small_trial_config(data_dir, work))
+    (x, fine, coarse), _ = dataset.load_cifar100(data_dir, small_trial_config(data_dir, work))
     take = np.arange(needed) % len(x)
     return x[take], fine[take], coarse[take]
 

@@ -34,8 +34,6 @@ import utils
 
 # neural_net imports Keras (seconds): imported once the files are known to exist.
 
-WEIGHTS_SUFFIX = ".weights.h5"
-SPACE_SUFFIX = ".space.json"  # written by retrain_best_with_tensorboard.py
 OUT_DIR = "layers"
 MAX_FILTERS = 16
 CANDIDATES_PER_SHOWN = 2  # filters tried per filter drawn, by default
@@ -48,22 +46,10 @@ CONTRAST = 0.15  # deprocessing: standard deviation of a tile around mid-grey
 TILE_ZOOM = 4  # each 32x32 pattern is drawn 128x128
 MARGIN = 4  # pixels between tiles
 SEED = 0
-EXIT_INTERRUPTED = 130
 
 
 class VisualizationError(Exception):
     """The weights or their hyperspace cannot be used; the message says why."""
-
-
-def option(parse):
-    """An argparse type that reports utils' parse errors in one line."""
-    def parse_or_complain(text):
-        try:
-            return parse(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    parse_or_complain.__name__ = parse.__name__
-    return parse_or_complain
 
 
 def build_parser():
@@ -74,16 +60,16 @@ def build_parser():
                              "retrain_best_with_tensorboard.py")
     parser.add_argument("--result", metavar="FILE",
                         help="take the hyperspace from this result JSON instead of "
-                             f"<id>{SPACE_SUFFIX} next to the weights")
+                             f"<id>{utils.SPACE_SUFFIX} next to the weights")
     parser.add_argument("--out-dir", default=OUT_DIR, metavar="DIR",
                         help=f"folder for the pictures [default {OUT_DIR}]")
-    parser.add_argument("--max-filters", type=option(utils.positive_int), default=MAX_FILTERS,
+    parser.add_argument("--max-filters", type=utils.argparse_type(utils.positive_int), default=MAX_FILTERS,
                         metavar="N", help=f"filters drawn per layer [default {MAX_FILTERS}]")
-    parser.add_argument("--candidates", type=option(utils.positive_int), metavar="N",
+    parser.add_argument("--candidates", type=utils.argparse_type(utils.positive_int), metavar="N",
                         help=f"filters tried per layer, those most active on grey noise "
                              f"[default {CANDIDATES_PER_SHOWN} x --max-filters; a large "
                              "number tries them all]")
-    parser.add_argument("--steps", type=option(utils.positive_int), default=STEPS,
+    parser.add_argument("--steps", type=utils.argparse_type(utils.positive_int), default=STEPS,
                         metavar="N", help=f"gradient ascent steps [default {STEPS}]")
     return parser
 
@@ -108,7 +94,7 @@ def find_hyperspace(weights, result_file):
             raise VisualizationError(f"{result_file} has no 'space': it is not a result "
                                      "file of the search")
         return space
-    space_file = weights.with_name(weights.name.removesuffix(WEIGHTS_SUFFIX) + SPACE_SUFFIX)
+    space_file = weights.with_name(weights.name.removesuffix(utils.WEIGHTS_SUFFIX) + utils.SPACE_SUFFIX)
     if not space_file.is_file():
         raise VisualizationError(f"no hyperspace next to the weights: {space_file} does "
                                  "not exist; pass --result FILE (the model's result JSON)")
@@ -119,8 +105,8 @@ def find_hyperspace(weights, result_file):
 
 
 def check_weights_path(weights):
-    if not weights.name.endswith(WEIGHTS_SUFFIX):
-        raise VisualizationError(f"{weights}: expected a <id>{WEIGHTS_SUFFIX} file as "
+    if not weights.name.endswith(utils.WEIGHTS_SUFFIX):
+        raise VisualizationError(f"{weights}: expected a <id>{utils.WEIGHTS_SUFFIX} file as "
                                  "written by retrain_best_with_tensorboard.py")
     if not weights.is_file():
         raise VisualizationError(f"weights file {weights} does not exist")
@@ -334,7 +320,7 @@ def main(argv=None):
         return 1
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return utils.EXIT_INTERRUPTED
     return 0
 
 

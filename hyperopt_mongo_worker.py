@@ -10,7 +10,8 @@ started with `python3 hyperopt_optimize.py --mongo HOST:PORT/DB`:
 It is hyperopt's `hyperopt-mongo-worker` (same options, hyperopt's own
 MongoWorker runs each job) with pymongo 4 support (mongo_compat), a heartbeat
 that lets the driver requeue the trial of a worker that died, and this
-machine's data and results folders. How a trial is trained (epochs, data set
+machine's data and results folders, which it hands to each trial (see
+mongo_search.worker_objective). How a trial is trained (epochs, data set
 size, ...) comes from the driver, inside the experiment.
 """
 
@@ -28,17 +29,19 @@ from pathlib import Path
 # folder must be importable from wherever the worker is started.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from hyperopt import JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_RUNNING  # noqa: E402
+from hyperopt import JOB_STATE_ERROR, JOB_STATE_RUNNING  # noqa: E402
 from hyperopt.mongoexp import MongoWorker, ReserveTimeout  # noqa: E402
 
-import hyperopt_optimize  # noqa: E402
+import dataset  # noqa: E402
+import mongo_search  # noqa: E402
 import utils  # noqa: E402
+
 
 def build_parser():
     parser = utils.OneLineErrorParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="A flag wins over its environment variable.")
-    utils.add_options(parser, utils.WORKER_OPTIONS)
+    utils.add_options(parser, mongo_search.WorkerSettings)
     return parser
 
 
@@ -47,8 +50,9 @@ def machine_settings(config):
     work folder, and the trial's own process must find them from there."""
     def absolute(path):
         return str(Path(os.path.expanduser(path)).resolve())
-    return dict(data_dir=absolute(config.data_dir), results_dir=absolute(config.results_dir),
-                keras_home=absolute(config.keras_home), offline=config.offline)
+    return utils.MachineSettings(
+        data_dir=absolute(config.data_dir), results_dir=absolute(config.results_dir),
+        keras_home=absolute(config.keras_home), offline=config.offline)
 
 
 def keep_alive(jobs, host_id, every, stop):
@@ -72,10 +76,7 @@ def give_back_interrupted(jobs, host_id):
         {"owner": host_id, "$or": [
             {"state": JOB_STATE_RUNNING},
             {"state": JOB_STATE_ERROR, "error.0": str(KeyboardInterrupt)}]},
-        {"$set": {"state": JOB_STATE_NEW, "owner": None, "book_time": None,
-                  "refresh_time": None},
-         "$unset": {"error": ""},
-         "$inc": {"version": hyperopt_optimize.VERSION_BUMP}}).modified_count
+        mongo_search.requeue_update(count_requeue=False)).modified_count
 
 
 def give_up_orphans(jobs, host_id, err):
@@ -86,7 +87,7 @@ def give_up_orphans(jobs, host_id, err):
     return jobs.update_many(
         {"owner": host_id, "state": JOB_STATE_RUNNING},
         {"$set": {"state": JOB_STATE_ERROR, "error": ["WorkerError", f"{type(err).__name__}: {err}"]},
-         "$inc": {"version": hyperopt_optimize.VERSION_BUMP}}).modified_count
+         "$inc": {"version": mongo_search.VERSION_BUMP}}).modified_count
 
 
 def report_last_trial(jobs, host_id, seconds):
@@ -94,13 +95,11 @@ def report_last_trial(jobs, host_id, seconds):
     job = jobs.find_one({"owner": host_id}, sort=[("refresh_time", -1)])
     if job is None:
         return
-    result = job.get("result", {})
-    if result.get("status") == "ok":
-        outcome = (f"fine {result['fine_best_accuracy']:.4f}, coarse "
-                   f"{result['coarse_best_accuracy']:.4f} ({result.get('model_name')})")
-    else:
-        outcome = "FAILED: " + str(result.get("error", job.get("error"))).splitlines()[0][:200]
-    print(f"Trial {job['tid'] + 1} of {job['exp_key']!r}: {outcome}, {seconds:.1f} s",
+    result = dict(job.get("result", {}))
+    if result.get("status") != "ok":
+        result.setdefault("error", job.get("error"))
+    print(utils.progress_line(result, job["tid"] + 1, seconds,
+                              where=f" ({result.get('model_name')} of {job['exp_key']!r})"),
           flush=True)
 
 
@@ -142,38 +141,34 @@ def run_worker(config, jobs, host_id):
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        config = utils.read_config(args, names=utils.WORKER_OPTIONS)
-    except utils.UsageError as err:
-        parser.exit(2, f"{parser.prog}: error: {err} (see --help)\n")
+    _, (config,) = utils.parse_or_exit(parser, [mongo_search.WorkerSettings], argv)
     if config.mongo is None:
-        parser.exit(2, f"{parser.prog}: error: no MongoDB given: pass --mongo HOST:PORT/DB "
-                       "or set HKS_MONGO or MONGO_DB_HOST (see --help)\n")
-    signal.signal(signal.SIGTERM, hyperopt_optimize.raise_interrupt)
+        parser.error("no MongoDB given: pass --mongo HOST:PORT/DB or set HKS_MONGO or "
+                     "MONGO_DB_HOST")
+    signal.signal(signal.SIGTERM, utils.raise_interrupt)
     import mongo_compat
-    settings = machine_settings(config)
+    machine = machine_settings(config)
     config.workdir = str(Path(config.workdir or os.getcwd()).resolve())
     try:
         jobs = mongo_compat.open_jobs(config.mongo)
     except mongo_compat.MongoUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    import neural_net  # imports Keras: after MongoDB answered, so that fails fast
     try:
-        neural_net.load_cifar100(config=config)  # refuse to take trials without data
-        neural_net.unload_cifar100()  # each trial's process loads its own copy
-    except neural_net.DatasetError as err:
+        dataset.load_cifar100(config=machine)  # refuse to take trials without data
+        dataset.unload_cifar100()  # each trial's process loads its own copy
+    except dataset.DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    Path(settings["results_dir"]).mkdir(parents=True, exist_ok=True)
-    hyperopt_optimize.machine_settings.update(settings)
+    Path(machine.results_dir).mkdir(parents=True, exist_ok=True)
+    jobs.machine = machine  # what mongo_search.worker_objective gives each trial
+    import neural_net  # Keras: after MongoDB and the data set answered, so those fail fast
     # Unique even for a worker restarted with the same pid (containers): the
     # heartbeat must never revive the trial of a previous life.
     host_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:4]}"
     print(f"Worker {host_id} taking trials of {config.exp_key!r} from "
-          f"{utils.redact(config.mongo)}; data in {settings['data_dir']}, results to "
-          f"{settings['results_dir']}.", flush=True)
+          f"{mongo_search.redact(config.mongo)}; data in {machine.data_dir}, results to "
+          f"{machine.results_dir}. {neural_net.device_line()}", flush=True)
     stop = threading.Event()
     threading.Thread(target=keep_alive, args=(jobs.jobs, host_id, config.heartbeat, stop),
                      daemon=True, name="heartbeat").start()
@@ -183,7 +178,7 @@ def main(argv=None):
         given_back = give_back_interrupted(jobs.jobs, host_id)
         print(f"\nInterrupted{'; its trial is back in the queue' if given_back else ''}.",
               file=sys.stderr)
-        return hyperopt_optimize.EXIT_INTERRUPTED
+        return utils.EXIT_INTERRUPTED
     finally:
         stop.set()
 

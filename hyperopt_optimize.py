@@ -1,44 +1,40 @@
 """Search the hyperparameters and the architecture of the CIFAR-100 CNN with
 hyperopt's TPE.
 
-Every trial trains one model (neural_net.build_and_train), writes its result to
-results/<model_name>.txt.json, and hyperopt's Trials are pickled to
-results.pkl after every trial, atomically, so that running the same command
-again resumes the search. Runs until interrupted, or until --max-evals trials
-exist.
+Every trial trains one model (neural_net.build_and_train, in a process of its
+own: trial_process.py), writes its result to results/<model_name>.txt.json,
+and hyperopt's Trials are pickled to results.pkl after every trial,
+atomically, so that running the same command again resumes the search. Runs
+until interrupted, or until --max-evals trials exist.
 
-With --mongo (or MONGO_DB_HOST) this process trains nothing: it queues trials
-in MongoDB for hyperopt_mongo_worker.py processes on any number of machines,
-puts back in the queue the trials of workers that died, and prints each result
-as it arrives. Running the same command again resumes the experiment.
+With --mongo (or MONGO_DB_HOST) this process trains nothing: mongo_search.py
+queues the trials in MongoDB for hyperopt_mongo_worker.py processes on any
+number of machines, puts back in the queue the trials of workers that died,
+and prints each result as it arrives. Running the same command again resumes
+the experiment.
 """
 
 import argparse
-import dataclasses
-import datetime
 import functools
-import gc
-import multiprocessing
-import multiprocessing.connection
-import os
 import pickle
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import hyperopt.pyll
-from hyperopt import (JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_RUNNING,
-                      Trials, fmin, hp, tpe)
+import numpy as np
+from hyperopt import JOB_STATE_DONE, Trials, fmin, hp, tpe
 from hyperopt.exceptions import AllTrialsFailed
 
+import dataset
+import mongo_search
+import tensorboard_hparams
+import trial_process
 import utils
 
-# neural_net imports Keras and TensorFlow, which take seconds and print on
-# start-up: functions import it when needed, so --help and bad flags are
-# answered at once.
+# neural_net imports Keras and TensorFlow, which take seconds: functions
+# import it when needed, so --help and bad flags are answered at once.
 
 # The search space, key for key the original's. Multipliers are log-uniform so
 # that they vary by ratios; quantised values arrive as floats (320.0).
@@ -101,213 +97,41 @@ SPACE_BEST_ORIGINAL = {
 
 DEMO_PLOT = "model_demo.png"
 BEST_PLOT = "model_best.png"
-EXIT_INTERRUPTED = 130
 
 
 class SearchError(Exception):
     """The search cannot start or go on; the message says what to do."""
 
 
-# Set by hyperopt_mongo_worker.py: that machine's folders. A MongoDB worker
-# trains what the driver asked for (epochs, dataset size, ...) with its own data.
-machine_settings = {}
-
-
 def optimize_cnn(hype_space, config):
-    """hyperopt's objective: train one model, save its result, return it.
+    """hyperopt's objective: train one model with the utils.TrialSettings
+    `config`, save its result, return it. On a MongoDB worker `config` holds
+    the driver's settings and that worker's own folders.
 
     Any error becomes a failed trial (with its traceback) so the search goes
     on; only a missing data set and Ctrl-C stop the search."""
     called_at = time.time()
-    config = dataclasses.replace(config, **machine_settings)
     if config.in_process:
-        result = train_trial(hype_space, config, called_at)
+        result = trial_process.train_here(hype_space, config, called_at)
     else:
-        result = train_trial_in_child(hype_space, config, called_at)
+        result = trial_process.train_in_child(hype_space, config, called_at)
     try:
         utils.save_json_result(result, config.results_dir)
     except OSError as err:
         print(f"warning: could not write the result of {result['model_name']} to "
-              f"{config.results_dir}/ ({err}); it is still kept in {config.trials_file}.")
+              f"{config.results_dir}/ ({err}); the search's trials still hold it.")
     if config.tensorboard and result.get("status") == "ok":
-        log_hparams(result, config)
+        tensorboard_hparams.log_trial(result, utils.TENSORBOARD_DIR, config.results_dir,
+                                      tensorboard_hparams.conditional_hparams(space))
     return result
 
 
-def log_hparams(result, config):
-    """Show the trial in TensorBoard's HParams dashboard: its hyperparameters
-    and final accuracies in TensorBoard/<model_name>/ (beside the per-epoch
-    scalars), and the experiment's domains over every result so far."""
-    import analyze_results
-    import neural_net
-    try:
-        analyze_results.write_hparams_run(result, neural_net.TENSORBOARD_DIR)
-        trials, _ = analyze_results.read_results(config.results_dir)
-        analyze_results.write_hparams_experiment(neural_net.TENSORBOARD_DIR,
-                                                 [t["result"] for t in trials])
-    except Exception as err:  # best effort: the trial itself is saved already
-        print(f"warning: could not write {result['model_name']} to TensorBoard's "
-              f"HParams ({type(err).__name__}: {err}); the search goes on.")
-
-
-def train_trial(hype_space, config, called_at=None):
-    """Train one model in this process and free it; errors become failed results."""
-    import keras
-    import neural_net
-    try:
-        model, _, result = neural_net.build_and_train(hype_space, config=config,
-                                                      called_at=called_at)
-        del model
-    except neural_net.DatasetError:
-        raise
-    except Exception as err:  # a bad architecture, out of memory, ...
-        result = neural_net.failure_result(hype_space, err)
-    finally:
-        keras.backend.clear_session()
-        gc.collect()
-    return result
-
-
-# The next trial's process, started while the current trial trains so that
-# its imports (TensorFlow takes about 8 s) are done when the trial begins:
-# (process, task sender, result receiver), or None.
-_spare = None
-
-
-def start_trial_process():
-    """A fresh process that imports neural_net, then waits for one trial."""
-    context = multiprocessing.get_context("spawn")
-    task_receive, task_send = context.Pipe(duplex=False)
-    result_receive, result_send = context.Pipe(duplex=False)
-    child = context.Process(target=child_main, args=(task_receive, result_send),
-                            name="hks-trial", daemon=True)
-    child.start()
-    task_receive.close()
-    result_send.close()
-    return child, task_send, result_receive
-
-
-def take_spare_process():
-    """The prestarted trial process if it is still alive, else a new one."""
-    global _spare
-    spare, _spare = _spare, None
-    if spare is not None and spare[0].is_alive():
-        return spare
-    if spare is not None:
-        close_trial_process(spare)
-    return start_trial_process()
-
-
-def wait_for_spare_process(timeout=120.0):
-    """Wait until the spare trial process has done its imports (benchmark)."""
-    if _spare is not None:
-        multiprocessing.connection.wait([_spare[2]], timeout)
-
-
-def stop_spare_process():
-    """End the spare trial process, if any (the search is over)."""
-    global _spare
-    if _spare is not None:
-        close_trial_process(_spare)
-        _spare = None
-
-
-def close_trial_process(trial_process):
-    child, task_send, result_receive = trial_process
-    task_send.close()  # a waiting child reads end-of-file and exits
-    child.join(timeout=5)
-    if child.is_alive():
-        child.terminate()
-        child.join()
-    result_receive.close()
-
-
-def train_trial_in_child(hype_space, config, called_at=None):
-    """Train one model in a fresh process. TensorFlow keeps every traced graph
-    until its process ends (about 15 MB a trial even after clear_session), and
-    a trial killed for using too much memory must not take the search along.
-    The process was started during the previous trial, and this trial starts
-    the next one."""
-    global _spare
-    import neural_net
-    task = (hype_space, config, called_at, os.getcwd())  # a MongoDB worker moves per job
-    trial_process = take_spare_process()
-    try:
-        trial_process[1].send(task)
-    except OSError:  # the spare died while it waited (broken pipe): start afresh
-        close_trial_process(trial_process)
-        trial_process = start_trial_process()
-        trial_process[1].send(task)
-    child, task_send, result_receive = trial_process
-    try:
-        _spare = start_trial_process()
-        kind, payload = receive_result(result_receive)
-    except EOFError:  # the child died without answering
-        child.join()
-        close_trial_process(trial_process)
-        if child.exitcode == EXIT_INTERRUPTED:  # Ctrl-C reached the child first
-            raise KeyboardInterrupt from None
-        return neural_net.failure_result(hype_space, ChildProcessError(
-            f"the trial's process died with exit code {child.exitcode} (a negative "
-            "code is the signal that killed it: -9 is usually the out-of-memory killer)"))
-    except BaseException:  # Ctrl-C: do not leave processes training or waiting
-        child.terminate()
-        close_trial_process(trial_process)
-        stop_spare_process()
-        raise
-    close_trial_process(trial_process)
-    if kind == "dataset_error":
-        raise neural_net.DatasetError(payload)
-    return payload
-
-
-def receive_result(result_receive):
-    """The trial's ("result" | "dataset_error", payload), skipping "ready"."""
-    while True:
-        kind, payload = result_receive.recv()
-        if kind != "ready":
-            return kind, payload
-
-
-def child_main(task_receive, result_send):
-    """What a trial's process runs: import, say so, wait for the trial, train
-    it, send the result back."""
-    threading.Thread(target=exit_with_parent, daemon=True).start()
-    try:
-        import neural_net
-        result_send.send(("ready", None))
-        try:
-            hype_space, config, called_at, cwd = task_receive.recv()
-        except EOFError:  # the search ended without needing this process
-            return
-        os.chdir(cwd)  # TensorBoard/ and weights/ are relative to the trial's folder
-        try:
-            result_send.send(("result", train_trial(hype_space, config, called_at)))
-        except neural_net.DatasetError as err:
-            result_send.send(("dataset_error", str(err)))
-    except (KeyboardInterrupt, BrokenPipeError):
-        sys.exit(EXIT_INTERRUPTED)  # quietly: the search process reports it
-    finally:
-        result_send.close()
-        sys.stdout.flush()
-
-
-def exit_with_parent():
-    """In a trial's process: stop when the search process is gone (kill -9),
-    instead of training on for nobody."""
-    multiprocessing.connection.wait([multiprocessing.parent_process().sentinel])
-    os._exit(EXIT_INTERRUPTED)
-
-
-def raise_interrupt(signum, frame):
-    """SIGTERM (kill, docker stop) stops the search like Ctrl-C."""
-    raise KeyboardInterrupt
-
+# --------------------------------------------------- the local search ----
 
 def load_trials(path):
     """The Trials pickled at `path`, or new ones if there is no such file. A
     file that cannot be read is left alone and stops the search."""
-    if not os.path.exists(path):
+    if not Path(path).exists():
         return Trials()
     try:
         with open(path, "rb") as f:
@@ -322,35 +146,16 @@ def load_trials(path):
     return trials
 
 
-def best_trial(trials):
-    """(trial number, result) of the best successful trial, or None."""
-    ok = [(t["tid"], t["result"]) for t in trials.trials if t["result"].get("status") == "ok"]
-    return min(ok, key=lambda pair: pair[1]["loss"], default=None)
-
-
-def progress_line(result, number, best, seconds, max_evals, where=""):
-    """One line after each trial: number, accuracies, time and best so far."""
-    of = f"/{max_evals}" if max_evals else ""
-    if result.get("status") == "ok":
-        head = (f"Trial {number}{of}: fine {result['fine_best_accuracy']:.4f}, "
-                f"coarse {result['coarse_best_accuracy']:.4f}, {seconds:.1f} s{where}")
-    else:
-        error = str(result.get("error", "unknown error")).splitlines()[0][:200]
-        head = f"Trial {number}{of}: FAILED after {seconds:.1f} s{where} ({error})"
-    tail = (f"best so far: fine {best[1]['fine_best_accuracy']:.4f} (trial {best[0] + 1}, "
-            f"{best[1]['model_name']})" if best else "no successful trial yet")
-    return f"{head} | {tail}"
-
-
 def run_search(config, trials=None):
     """Run trials one at a time, pickling the Trials after each one. Starts
     from `trials`, else from those in the trials file."""
     trials = load_trials(config.trials_file) if trials is None else trials
     if trials.trials:
-        best = best_trial(trials)
+        best = utils.best_trial(trials)
         print(f"Resuming the search: {len(trials.trials)} trials in {config.trials_file}"
               + (f", best fine accuracy {best[1]['fine_best_accuracy']:.4f}." if best else "."))
-    objective = functools.partial(optimize_cnn, config=config)
+    objective = functools.partial(optimize_cnn, config=utils.subset(utils.TrialSettings, config))
+    of = f"/{config.max_evals}" if config.max_evals else ""
     try:
         while config.max_evals is None or len(trials.trials) < config.max_evals:
             done = len(trials.trials)
@@ -368,13 +173,14 @@ def run_search(config, trials=None):
             if len(trials.trials) == done:
                 raise SearchError("hyperopt did not run a trial; is the trials file complete?")
             utils.atomic_pickle(trials, config.trials_file)
-            best = best_trial(trials)
-            print(progress_line(trials.trials[-1]["result"], done + 1, best,
-                                time.perf_counter() - started, config.max_evals), flush=True)
+            best = utils.best_trial(trials)
+            print(utils.progress_line(trials.trials[-1]["result"], done + 1,
+                                      time.perf_counter() - started, of=of,
+                                      best=best or False), flush=True)
             if config.plots and best and best[0] == done:
                 plot_models(config, demo=False)  # model_best.png follows the best trial
     finally:
-        stop_spare_process()  # the process prestarted for a next trial
+        trial_process.stop_spare()  # the process prestarted for a next trial
     return trials
 
 
@@ -490,136 +296,7 @@ def warm_start(trials, results_dir):
     return len(docs)
 
 
-# ------------------------------------------------------ over MongoDB ----
-
-def run_mongo_search(config):
-    """Queue trials in MongoDB for hyperopt_mongo_worker.py processes and
-    follow them until --max-evals trials are finished or given up (or
-    forever). Returns the MongoTrials."""
-    import mongo_compat
-    from hyperopt.mongoexp import MongoTrials
-    try:
-        trials = MongoTrials(mongo_compat.open_jobs(config.mongo), exp_key=config.exp_key)
-    except mongo_compat.MongoUnavailable as err:
-        raise SearchError(str(err)) from None
-    # hyperopt's trial-id counter, created here so that ids start at 0 (created
-    # by its first use, hyperopt warns and skips ahead).
-    trials.handle.db.job_ids.update_one({"a": 0}, {"$setOnInsert": {"last_id": 0}},
-                                        upsert=True)
-    if config.warm_start:
-        print(f"Warm start: added {warm_start(trials, config.warm_start)} trials from "
-              f"{config.warm_start}/.")
-    counts = job_counts(trials.handle.jobs, config.exp_key)
-    print(f"Experiment {config.exp_key!r} in MongoDB at {utils.redact(config.mongo)}: "
-          + describe_counts(counts) + ". Start workers with: python3 "
-          f"hyperopt_mongo_worker.py --mongo ... --exp-key {config.exp_key}", flush=True)
-    given_up = counts[JOB_STATE_ERROR]
-    target = sys.maxsize if config.max_evals is None else config.max_evals - given_up
-    # Seeded by how many trials exist, so a resumed search does not redraw the first ones.
-    rstate = np.random.default_rng(None if config.seed is None
-                                   else [config.seed, sum(counts.values())])
-    # What shapes a trial travels to the workers inside the pickled objective;
-    # the address (and its password) does not.
-    objective = functools.partial(optimize_cnn, config=dataclasses.replace(config, mongo=None))
-    follow = follow_workers(config, trials)
-    try:
-        fmin(objective, space, algo=tpe.suggest, trials=trials, max_evals=target,
-             max_queue_len=config.queue_len, rstate=rstate, early_stop_fn=follow,
-             show_progressbar=False, return_argmin=False)
-    except AllTrialsFailed:
-        pass  # hyperopt 0.3.0 raises this at the end when no trial succeeded
-    follow(trials)
-    return trials
-
-
-def job_counts(jobs, exp_key):
-    """How many of the experiment's trials are in each hyperopt job state."""
-    return {state: jobs.count_documents({"exp_key": exp_key, "state": state})
-            for state in (JOB_STATE_NEW, JOB_STATE_RUNNING, JOB_STATE_DONE, JOB_STATE_ERROR)}
-
-
-def describe_counts(counts):
-    if not any(counts.values()):
-        return "new experiment"
-    return (f"{counts[JOB_STATE_DONE]} trials finished, {counts[JOB_STATE_RUNNING]} "
-            f"running, {counts[JOB_STATE_NEW]} queued, {counts[JOB_STATE_ERROR]} given up")
-
-
-def follow_workers(config, trials):
-    """The function fmin calls after each poll of MongoDB (as its
-    early_stop_fn; it never stops the search): requeue the trials of dead
-    workers, print each newly finished trial."""
-    jobs = trials.handle.jobs
-    reported = {t["tid"] for t in trials.trials if t["state"] == JOB_STATE_DONE}
-    failed = {job["tid"] for job in jobs.find(
-        {"exp_key": config.exp_key, "state": JOB_STATE_ERROR}, projection=["tid"])}
-
-    def follow(trials, *_):
-        for message in requeue_stale_jobs(jobs, config):
-            print(message, flush=True)
-        for job in jobs.find({"exp_key": config.exp_key, "state": JOB_STATE_ERROR,
-                              "tid": {"$nin": sorted(failed)}}):
-            failed.add(job["tid"])
-            if job.get("error", [""])[0] != "WorkerLost":  # those were printed above
-                print(f"Trial {job['tid'] + 1}: could not run on {job.get('owner')}: "
-                      f"{': '.join(map(str, job.get('error', ['unknown error'])))}",
-                      flush=True)
-        finished = [t for t in trials.trials
-                    if t["state"] == JOB_STATE_DONE and t["tid"] not in reported]
-        if finished:
-            best = best_trial(trials)
-            for trial in sorted(finished, key=lambda t: t["refresh_time"]):
-                reported.add(trial["tid"])
-                seconds = ((trial["refresh_time"] - trial["book_time"]).total_seconds()
-                           if trial.get("book_time") and trial.get("refresh_time") else 0.0)
-                of = f"/{config.max_evals}" if config.max_evals else ""
-                print(progress_line(trial["result"], trial["tid"] + 1, best, seconds, None,
-                                    f" on {trial['owner']}, {len(reported)}{of} finished"),
-                      flush=True)
-        return False, []
-    return follow
-
-
-# hyperopt's MongoJobs.update writes to {_id, version v} and then checks that
-# {_id, version v+1} exists: a jump of 2 makes both fail for a worker whose
-# trial was taken away, so its late result never lands on the requeued trial.
-VERSION_BUMP = 2
-
-
-def requeue_stale_jobs(jobs, config, now=None):
-    """Running trials whose worker sent no heartbeat for --stale-after seconds
-    (killed, machine gone) go back to the queue; a trial that has already
-    been requeued --max-requeues times is given up (state error, with the
-    reason) so that one that kills every worker cannot loop forever. Each
-    change bumps the document's version by VERSION_BUMP, so a worker that was
-    only slow cannot write over it later. Returns one message per change."""
-    now = now or jobs.database.command("hello")["localTime"]  # the server's clock, as heartbeats
-    cutoff = now - datetime.timedelta(seconds=config.stale_after)
-    messages = []
-    stale = jobs.find({"exp_key": config.exp_key, "state": JOB_STATE_RUNNING,
-                       "refresh_time": {"$lt": cutoff}})
-    for job in list(stale):
-        silent = (now - job["refresh_time"]).total_seconds()
-        requeues = job.get("requeue_count", 0)
-        lost = f"trial {job['tid'] + 1}: worker {job['owner']} silent for {silent:.0f} s"
-        if requeues >= config.max_requeues:
-            reason = (f"given up: its worker died or stopped responding {requeues + 1} "
-                      f"times (--max-requeues {config.max_requeues}); the last was "
-                      f"{job['owner']}. Out of memory is the usual cause.")
-            change = {"$set": {"state": JOB_STATE_ERROR, "error": ["WorkerLost", reason]},
-                      "$inc": {"version": VERSION_BUMP}}
-            message = f"{lost}: {reason}"
-        else:
-            change = {"$set": {"state": JOB_STATE_NEW, "owner": None, "book_time": None,
-                               "refresh_time": None},
-                      "$inc": {"version": VERSION_BUMP, "requeue_count": 1}}
-            message = f"{lost}: put back in the queue ({requeues + 1}/{config.max_requeues})"
-        # Only if nothing changed since we looked (a late heartbeat wins).
-        unchanged = {key: job[key] for key in ("_id", "state", "owner", "refresh_time")}
-        if jobs.update_one(unchanged, change).modified_count:
-            messages.append(message)
-    return messages
-
+# ------------------------------------------------------ model plots ----
 
 _plots_unavailable = False
 
@@ -628,8 +305,8 @@ def plot_models(config, demo=True):
     """Draw the demo space and the best space found so far (or the original's
     best) with keras.utils.plot_model; warn once if graphviz/pydot is missing."""
     global _plots_unavailable
+    import neural_net  # first: it quiets TensorFlow's start-up
     import keras
-    import neural_net
     if not config.in_process:
         neural_net.keep_off_the_gpu()  # the trial processes need all of it
     best = utils.load_best_hyperspace(config.results_dir) or SPACE_BEST_ORIGINAL
@@ -649,54 +326,42 @@ def plot_models(config, demo=True):
             keras.backend.clear_session()
 
 
+# ----------------------------------------------------- command line ----
+
 def build_parser():
     parser = utils.OneLineErrorParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="A flag wins over its environment variable. DATASET_SIZE only counts "
                "when CODE_TESTING=1 is set too, as in the original scripts.")
-    utils.add_options(parser, utils.SEARCH_OPTIONS + utils.DRIVER_OPTIONS)
+    utils.add_options(parser, utils.SearchSettings, mongo_search.DriverSettings)
     return parser
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    _, (config, driver) = utils.parse_or_exit(
+        build_parser(), [utils.SearchSettings, mongo_search.DriverSettings], argv)
+    signal.signal(signal.SIGTERM, utils.raise_interrupt)
+    if driver.mongo:  # no data set, no training here
+        return mongo_search.run_driver(config, driver, optimize_cnn, space, warm_start)
     try:
-        config = utils.read_config(args)
-    except utils.UsageError as err:
-        parser.exit(2, f"{parser.prog}: error: {err} (see --help)\n")
-    signal.signal(signal.SIGTERM, raise_interrupt)
-    if config.mongo:
-        return main_mongo(config)
-    try:
-        Path(config.results_dir).mkdir(parents=True, exist_ok=True)
-        trials = load_trials(config.trials_file)  # refuse a broken file before any work
-        if config.warm_start:
-            added = warm_start(trials, config.warm_start)
-            print(f"Warm start: added {added} trials from {config.warm_start}/ "
-                  f"({len(trials.trials)} in the search).")
-            if added:
-                utils.atomic_pickle(trials, config.trials_file)
-        elif not trials.trials and utils.result_files(config.results_dir):
-            print(f"note: {config.trials_file} does not exist but {config.results_dir}/ "
-                  f"holds {len(utils.result_files(config.results_dir))} result files; to let "
-                  f"TPE start from them, run again with --warm-start {config.results_dir}")
+        trials = prepare_trials(config)
     except (SearchError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    import neural_net
     try:
-        neural_net.training_data(config)  # a missing data set stops us here, once
+        dataset.training_data(config)  # a missing data set stops us here, once
         if not config.in_process:
-            neural_net.unload_cifar100()  # the trials' processes load their own copy
+            dataset.unload_cifar100()  # the trials' processes load their own copy
+        import neural_net
+        print(neural_net.device_line(), flush=True)
         if config.plots:
             plot_models(config)
         run_search(config, trials)
     except KeyboardInterrupt:
         print(f"\nInterrupted. Finished trials are saved in {config.trials_file} and "
               f"{config.results_dir}/; run the same command again to resume.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (SearchError, neural_net.DatasetError, OSError) as err:
+        return utils.EXIT_INTERRUPTED
+    except (SearchError, dataset.DatasetError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"Done: {config.max_evals} trials in {config.trials_file}; "
@@ -704,28 +369,22 @@ def main(argv=None):
     return 0
 
 
-def main_mongo(config):
-    """main() for the search over MongoDB: no data set, no training here."""
-    import pymongo.errors
-    try:
-        trials = run_mongo_search(config)
-    except KeyboardInterrupt:
-        print("\nInterrupted. The trials stay in MongoDB: workers finish those they "
-              "are running and the queued ones wait. Run the same command again to "
-              "resume.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except SearchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except pymongo.errors.PyMongoError as err:
-        print(f"error: lost MongoDB at {utils.redact(config.mongo)} ({err}). The "
-              "experiment is safe in the database: run the same command again once "
-              "MongoDB is back.", file=sys.stderr)
-        return 1
-    counts = job_counts(trials.handle.jobs, config.exp_key)
-    print(f"Done: experiment {config.exp_key!r} has {describe_counts(counts)}. Each "
-          "trial's JSON is in the results folder of the worker that ran it.")
-    return 0
+def prepare_trials(config):
+    """The results folder and the search's Trials (a broken trials file is
+    refused before any work), with --warm-start's trials added."""
+    Path(config.results_dir).mkdir(parents=True, exist_ok=True)
+    trials = load_trials(config.trials_file)
+    if config.warm_start:
+        added = warm_start(trials, config.warm_start)
+        print(f"Warm start: added {added} trials from {config.warm_start}/ "
+              f"({len(trials.trials)} in the search).")
+        if added:
+            utils.atomic_pickle(trials, config.trials_file)
+    elif not trials.trials and utils.result_files(config.results_dir):
+        print(f"note: {config.trials_file} does not exist but {config.results_dir}/ "
+              f"holds {len(utils.result_files(config.results_dir))} result files; to let "
+              f"TPE start from them, run again with --warm-start {config.results_dir}")
+    return trials
 
 
 if __name__ == "__main__":

@@ -30,11 +30,9 @@ import utils
 # neural_net imports Keras and TensorFlow (seconds): imported once the inputs
 # are known to be good, so mistakes are answered at once.
 
+# The flags it takes (of utils.TrialSettings; the other settings come from their variables).
 RETRAIN_OPTIONS = ["epochs", "dataset_size", "data_dir", "results_dir", "val_split", "offline"]
 HISTOGRAM_FREQ = 1  # weight histograms every epoch
-WEIGHTS_SUFFIX = ".weights.h5"
-SPACE_SUFFIX = ".space.json"
-EXIT_INTERRUPTED = 130
 
 
 class RetrainError(Exception):
@@ -46,7 +44,7 @@ def build_parser():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="A flag wins over its environment variable. DATASET_SIZE only counts "
                "when CODE_TESTING=1 is set too.")
-    utils.add_options(parser, RETRAIN_OPTIONS)
+    utils.add_options(parser, utils.TrialSettings, only=RETRAIN_OPTIONS)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--result", metavar="FILE",
                        help="retrain the space of this result JSON instead of the best "
@@ -100,12 +98,6 @@ def show_model(neural_net, hype_space):
     keras.backend.clear_session()  # the trained model gets the same layer names
 
 
-def weights_id(model_name):
-    """build_and_train names its weights after the id that ends the model name
-    (`model_<accuracy>_<id>`)."""
-    return model_name.rsplit("_", 1)[-1]
-
-
 def retrain(hype_space, config):
     """Train with TensorBoard and best-weights saving; the result and its files."""
     import neural_net
@@ -115,14 +107,14 @@ def retrain(hype_space, config):
         histogram_freq=HISTOGRAM_FREQ)
     if result["status"] != "ok":
         raise RetrainError(f"training failed: {result.get('error', 'unknown error')}")
-    uid = weights_id(model_name)
-    weights = Path(neural_net.WEIGHTS_DIR) / f"{uid}{WEIGHTS_SUFFIX}"
+    uid = utils.model_id(model_name)  # build_and_train names the weights after it
+    weights = Path(utils.WEIGHTS_DIR) / f"{uid}{utils.WEIGHTS_SUFFIX}"
     if not weights.is_file():
         raise RetrainError(f"training ended but {weights} was not written")
-    space_file = weights.with_name(f"{uid}{SPACE_SUFFIX}")
+    space_file = weights.with_name(f"{uid}{utils.SPACE_SUFFIX}")
     utils.atomic_write(space_file, json.dumps(utils.to_plain(hype_space), indent=4,
                                               sort_keys=True) + "\n")
-    logs = Path(neural_net.TENSORBOARD_DIR) / model_name
+    logs = Path(utils.TENSORBOARD_DIR) / model_name
     return result, weights, space_file, logs
 
 
@@ -139,19 +131,11 @@ def report(result, weights, space_file, logs):
     print(f"Filters: python conv_filters_visualization.py --weights {weights}")
 
 
-def raise_interrupt(signum, frame):
-    """SIGTERM (kill, docker stop) stops like Ctrl-C."""
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, (config,) = utils.parse_or_exit(parser, [utils.TrialSettings], argv)
     try:
-        config = utils.read_config(args, names=RETRAIN_OPTIONS)
         hype_space, source = choose_hyperspace(args, config)
-    except utils.UsageError as err:
-        parser.exit(2, f"{parser.prog}: error: {err} (see --help)\n")
     except RetrainError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -161,9 +145,9 @@ def main(argv=None):
     try:
         report(*retrain(hype_space, config))
     except KeyboardInterrupt:
-        print(f"\nInterrupted. Weights saved so far are in {neural_net.WEIGHTS_DIR}/.",
+        print(f"\nInterrupted. Weights saved so far are in {utils.WEIGHTS_DIR}/.",
               file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return utils.EXIT_INTERRUPTED
     except (RetrainError, neural_net.DatasetError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -171,5 +155,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, raise_interrupt)
+    signal.signal(signal.SIGTERM, utils.raise_interrupt)
     sys.exit(main())

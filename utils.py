@@ -1,21 +1,25 @@
-"""Shared helpers: configuration from flags and environment, atomic file
-writes, and printing/saving/loading the JSON result of each trial.
+"""Shared helpers: settings from flags and environment variables, atomic file
+writes, the JSON result of each trial, and the small command-line helpers
+every script uses.
 
-Every setting a user can change is listed once in `OPTIONS` below, with its
-command-line flag and its environment variable; `read_config` is the only
-place that reads them.
+Each setting is declared once, as a field of the settings class of whoever
+reads it, with its flag and its environment variable (`setting` below):
+TrialSettings is what one trial reads, SearchSettings adds what
+hyperopt_optimize.py reads; mongo_search.py declares the MongoDB driver's and
+workers' own. `read_settings` is the only place that reads them. Nothing here
+imports Keras, so reading results and parsing flags start at once.
 """
 
 import argparse
+import contextlib
 import dataclasses
-import functools
 import glob
 import json
 import math
 import os
 import pickle
+import sys
 import tempfile
-import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -26,45 +30,15 @@ FAILED_PREFIX = "failed_"  # sorts before "model_", so the best result stays las
 ACCURACY_DECIMALS = 6
 FILE_MODE = 0o644  # results and results.pkl: readable by others, like any file
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+TENSORBOARD_DIR = "TensorBoard"  # per-epoch logs and HParams runs, in the trial's folder
+WEIGHTS_DIR = "weights"  # best weights of a retrained model: <id>.weights.h5 and <id>.space.json
+WEIGHTS_SUFFIX = ".weights.h5"
+SPACE_SUFFIX = ".space.json"
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM, as a shell reports it
 
 
 class UsageError(Exception):
     """A flag or an environment variable holds a value that cannot be used."""
-
-
-@dataclasses.dataclass
-class Config:
-    """Everything a search or a training run can be told from outside."""
-
-    epochs: int = 100
-    max_evals: int | None = None
-    dataset_size: int | None = None
-    data_dir: str = "ml_req"
-    results_dir: str = RESULTS_DIR
-    trials_file: str = "results.pkl"
-    val_split: float = 0.0
-    tensorboard: bool = False
-    seed: int | None = None
-    offline: bool = False
-    plots: bool = True
-    in_process: bool = False
-    precision: str = "auto"
-    keras_home: str = os.path.join("~", ".keras")
-    warm_start: str | None = None
-    # The search over MongoDB (hyperopt_optimize.py --mongo ...):
-    mongo: str | None = None
-    exp_key: str = "hyperopt_keras_cifar100"
-    queue_len: int = 4
-    stale_after: float = 120.0
-    max_requeues: int = 2
-    # MongoDB workers (hyperopt_mongo_worker.py):
-    poll_interval: float = 2.0
-    reserve_timeout: float | None = None
-    last_job_timeout: float | None = None
-    max_consecutive_failures: int = 4
-    max_jobs: int | None = None
-    workdir: str | None = None
-    heartbeat: float = 10.0
 
 
 # --- parsers for option values: each raises ValueError with a short reason ---
@@ -136,220 +110,160 @@ def existing_dir(text):
     return text
 
 
-MONGO_DEFAULT_PORT = 27017
-MONGO_DEFAULT_DB = "hyperopt"
-MONGO_JOBS_COLLECTION = "jobs"
+# --- settings: one dataclass per reader, each field with its flag and variable ---
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """How a setting is given: `flag` (None: only the variable), environment
+    variable `env`, `parse` (text -> value, ValueError with a reason), the
+    help text; `fallback(environ)` gives (source, text) when neither is set;
+    `testing_only`: the variable counts only with CODE_TESTING=1 (the seed's
+    rule for DATASET_SIZE)."""
+    flag: str | None
+    env: str
+    parse: object
+    help: str
+    fallback: object = None
+    testing_only: bool = False
 
 
-def mongo_url(text):
-    """A MongoDB address as hyperopt's MongoTrials wants it:
-    `mongo://[user:password@]host:port/db/jobs[?authSource=db]`. Accepts
-    `HOST[:PORT][/DB]` (port 27017 and database `hyperopt` by default), `mongodb://[user:password@]HOST[:PORT]/DB[?authSource=db]`
-    (user and password percent-encoded, as in any MongoDB URL) and hyperopt's
-    own `mongo://HOST:PORT/DB/jobs`."""
-    text = str(text).strip()
-    shown = repr(redact(text))  # never print a password
-    example = "expected HOST:PORT/DB or mongodb://USER:PASSWORD@HOST:PORT/DB?authSource=admin"
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        scheme, rest = "mongodb", text
-    if scheme not in ("mongodb", "mongo"):
-        raise ValueError(f"{shown}: scheme {scheme}:// is not supported ({example}; "
-                         "mongodb+srv:// and ssh tunnels are not)")
-    parts = urllib.parse.urlsplit("//" + rest)
-    if "," in parts.netloc:
-        raise ValueError(f"{shown}: one host only; hyperopt cannot use a replica-set list")
-    try:
-        port = parts.port or MONGO_DEFAULT_PORT
-    except ValueError:
-        raise ValueError(f"{shown}: the port is not a number from 1 to 65535") from None
-    path = [p for p in parts.path.split("/") if p]
-    if path[1:] == [MONGO_JOBS_COLLECTION]:
-        path = path[:1]
-    path = path or [MONGO_DEFAULT_DB]
-    if not parts.hostname or len(path) != 1:
-        raise ValueError(f"{shown}: {example}")
-    database = path[0]
-    if any(c in database for c in ' ."$\\') or len(database) > 63:
-        raise ValueError(f"{shown}: {database!r} is not a valid MongoDB database name")
-    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(query) - {"authSource"})
-    if unknown:
-        raise ValueError(f"{shown}: unsupported option(s) {', '.join(unknown)}; only "
-                         "authSource is understood")
-    if parts.password is not None and not parts.username:
-        raise ValueError(f"{shown}: a password needs a user name")
-    auth = ""
-    if parts.username:
-        auth = parts.username + (f":{parts.password}" if parts.password is not None else "") + "@"
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    tail = f"?authSource={query['authSource'][-1]}" if query.get("authSource") else ""
-    return f"mongo://{auth}{host}:{port}/{database}/{MONGO_JOBS_COLLECTION}{tail}"
+def setting(default, flag, env, parse, help, **more):
+    """A settings field whose value comes from `flag`, else `env`, else `default`."""
+    return dataclasses.field(default=default,
+                             metadata={"option": Option(flag, env, parse, help, **more)})
 
 
-def mongo_url_from_parts(environ):
-    """The original's variables: MONGO_DB_HOST (and MONGO_DB_PORT, MONGO_DB_NAME,
-    MONGO_DB_USER, MONGO_DB_PASSWORD, MONGO_DB_AUTH_SOURCE) make a --mongo URL."""
-    host = environ.get("MONGO_DB_HOST", "").strip()
-    if not host:
-        return None
-    port = environ.get("MONGO_DB_PORT", "").strip() or MONGO_DEFAULT_PORT
-    database = environ.get("MONGO_DB_NAME", "").strip() or MONGO_DEFAULT_DB
-    user = environ.get("MONGO_DB_USER", "")
-    auth, tail = "", ""
-    if user:
-        password = environ.get("MONGO_DB_PASSWORD", "")
-        quote = functools.partial(urllib.parse.quote, safe="")
-        auth = quote(user) + (f":{quote(password)}" if password else "") + "@"
-        tail = "?authSource=" + (environ.get("MONGO_DB_AUTH_SOURCE", "") or "admin")
-    return f"mongodb://{auth}{host}:{port}/{database}{tail}"
+@dataclasses.dataclass
+class MachineSettings:
+    """Where this machine keeps things. A MongoDB worker uses its own, whatever
+    the driver's machine has."""
+
+    data_dir: str = setting("ml_req", "--data-dir", "HKS_DATA_DIR", existing_dir,
+                            "folder holding cifar-100-python.tar.gz")
+    results_dir: str = setting(RESULTS_DIR, "--results-dir", "HKS_RESULTS_DIR", str,
+                               "folder where every trial's result JSON is written")
+    offline: bool = setting(False, "--offline", "HKS_OFFLINE", flag_value,
+                            "never try to download CIFAR-100")
+    keras_home: str = setting(os.path.join(os.path.expanduser("~"), ".keras"), None,
+                              "KERAS_HOME", str, "Keras' folder, whose datasets/ is searched")
 
 
-def redact(url):
-    """A MongoDB URL fit to print: the password replaced by ***."""
-    parts = urllib.parse.urlsplit(url if "://" in url else "//" + url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
+@dataclasses.dataclass
+class TrialSettings(MachineSettings):
+    """What one trial reads (the objective, neural_net, dataset). The MongoDB
+    driver sends these to its workers, who put in their own MachineSettings."""
+
+    epochs: int = setting(100, "--epochs", "HKS_EPOCHS", positive_int,
+                          "training epochs per trial")
+    dataset_size: int | None = setting(
+        None, "--dataset-size", "DATASET_SIZE", positive_int,
+        "use only N images, 80%% for training and 20%% for testing (the variable "
+        "counts only with CODE_TESTING=1)", testing_only=True)
+    val_split: float = setting(
+        0.0, "--val-split", "HKS_VAL_SPLIT", fraction,
+        "hold out this fraction of the training images for validation and report "
+        "test accuracy separately (default 0: validate on the test split, as the "
+        "original did)")
+    tensorboard: bool = setting(False, "--tensorboard", "HKS_TENSORBOARD", flag_value,
+                                "write each trial's per-epoch scalars to TensorBoard/<model_name>/")
+    precision: str = setting(
+        "auto", "--precision", "HKS_PRECISION", precision_name,
+        "what the model computes in: auto (mixed_bfloat16 on a GPU of compute "
+        "capability 8.0 and up, mixed_float16 on an older GPU, float32 on a CPU), "
+        "float32, mixed_bfloat16 or mixed_float16; the output heads stay float32")
+    in_process: bool = setting(
+        False, "--in-process", "HKS_IN_PROCESS", flag_value,
+        "train each trial inside the search process instead of a fresh child "
+        "process: starts faster, but TensorFlow then keeps about 15 MB of graphs "
+        "per trial and an out-of-memory kill ends the search")
 
 
-# name -> (flag, environment variable, parser, help). Boolean options are
-# switches: the flag turns them on, the variable may say 1 or 0.
-OPTIONS = {
-    "epochs": ("--epochs", "HKS_EPOCHS", positive_int,
-               "training epochs per trial"),
-    "max_evals": ("--max-evals", "HKS_MAX_EVALS", positive_int,
-                  "stop once this many trials exist in total, counting those "
-                  "of earlier runs (default: run until interrupted)"),
-    "dataset_size": ("--dataset-size", "DATASET_SIZE", positive_int,
-                     "use only N images, 80%% for training and 20%% for "
-                     "testing (the variable counts only with CODE_TESTING=1)"),
-    "data_dir": ("--data-dir", "HKS_DATA_DIR", existing_dir,
-                 "folder holding cifar-100-python.tar.gz"),
-    "results_dir": ("--results-dir", "HKS_RESULTS_DIR", str,
-                    "folder where every trial's result JSON is written"),
-    "trials_file": ("--trials-file", "HKS_TRIALS_FILE", str,
-                    "pickle of hyperopt's Trials, rewritten after every trial; "
-                    "the search resumes from it"),
-    "val_split": ("--val-split", "HKS_VAL_SPLIT", fraction,
-                  "hold out this fraction of the training images for "
-                  "validation and report test accuracy separately (default 0: "
-                  "validate on the test split, as the original did)"),
-    "tensorboard": ("--tensorboard", "HKS_TENSORBOARD", flag_value,
-                    "write each trial's per-epoch scalars to TensorBoard/<model_name>/"),
-    "seed": ("--seed", "HKS_SEED", non_negative_int,
-             "seed for hyperopt's suggestions (default: random)"),
-    "offline": ("--offline", "HKS_OFFLINE", flag_value,
-                "never try to download CIFAR-100"),
-    "plots": ("--no-plots", "HKS_PLOTS", flag_value,
-              "do not draw model_demo.png and model_best.png"),
-    "in_process": ("--in-process", "HKS_IN_PROCESS", flag_value,
-                   "train each trial inside the search process instead of a fresh "
-                   "child process: starts faster, but TensorFlow then keeps about 15 MB "
-                   "of graphs per trial and an out-of-memory kill ends the search"),
-    "precision": ("--precision", "HKS_PRECISION", precision_name,
-                  "what the model computes in: auto (mixed_bfloat16 on a GPU of "
-                  "compute capability 8.0 and up, mixed_float16 on an older GPU, float32 "
-                  "on a CPU), float32, mixed_bfloat16 or mixed_float16; the output "
-                  "heads stay float32"),
-    "warm_start": ("--warm-start", "HKS_WARM_START", existing_dir,
-                   "first add the trials of the result JSON files in this folder "
-                   "(e.g. results/, after losing results.pkl) so TPE goes on from them; "
-                   "files already in the search are not added twice"),
-    # --- the search over MongoDB ---
-    "mongo": ("--mongo", "HKS_MONGO", mongo_url,
-              "the search's MongoDB (the driver then queues trials for workers): HOST:PORT/DB or mongodb://USER:PASSWORD@"
-              "HOST:PORT/DB?authSource=admin; without HKS_MONGO, MONGO_DB_HOST "
-              "(+ MONGO_DB_PORT, MONGO_DB_NAME, MONGO_DB_USER, MONGO_DB_PASSWORD) "
-              "make one"),
-    "exp_key": ("--exp-key", "EXPERIMENT_NAME", str,
-                "name of the experiment in MongoDB; the same name resumes it"),
-    "queue_len": ("--queue-len", "HKS_QUEUE_LEN", positive_int,
-                  "trials kept queued for idle workers (about the number of workers; "
-                  "more makes TPE suggest with less feedback)"),
-    "stale_after": ("--stale-after", "HKS_STALE_AFTER", positive_number,
-                    "seconds without a worker heartbeat after which a running trial "
-                    "is put back in the queue (several worker heartbeats)"),
-    "max_requeues": ("--max-requeues", "HKS_MAX_REQUEUES", non_negative_int,
-                     "a trial whose worker died this many times more is given up "
-                     "(marked as an error) instead of being queued again"),
-    # --- MongoDB workers ---
-    "poll_interval": ("--poll-interval", "HKS_POLL_INTERVAL", positive_number,
-                      "seconds between looks for a queued trial (randomised below this)"),
-    "reserve_timeout": ("--reserve-timeout", "HKS_RESERVE_TIMEOUT", seconds_or_forever,
-                        "exit after this many seconds without a queued trial "
-                        "(0: wait forever)"),
-    "last_job_timeout": ("--last-job-timeout", "HKS_LAST_JOB_TIMEOUT", seconds_or_forever,
-                         "take no new trial once this many seconds have passed"),
-    "max_consecutive_failures": ("--max-consecutive-failures",
-                                 "HKS_MAX_CONSECUTIVE_FAILURES", positive_int,
-                                 "exit after this many trials in a row could not run"),
-    "max_jobs": ("--max-jobs", "HKS_MAX_JOBS", positive_int,
-                 "exit after running this many trials (default: no limit)"),
-    "workdir": ("--workdir", "HKS_WORKDIR", str,
-                "folder trials run in (TensorBoard/ and weights/ land there; "
-                "default: the current folder)"),
-    "heartbeat": ("--heartbeat", "HKS_HEARTBEAT", positive_number,
-                  "seconds between the worker's signs of life for its running trial"),
-}
+@dataclasses.dataclass
+class SearchSettings(TrialSettings):
+    """What hyperopt_optimize.py reads on top of the trial's: the search itself."""
 
-# The single-machine search's options, and those the MongoDB driver adds.
-SEARCH_OPTIONS = ["epochs", "max_evals", "dataset_size", "data_dir", "results_dir",
-                  "trials_file", "val_split", "tensorboard", "seed", "offline", "plots",
-                  "in_process", "precision", "warm_start"]
-DRIVER_OPTIONS = ["mongo", "exp_key", "queue_len", "stale_after", "max_requeues"]
-# What a worker decides for itself; everything else about a trial comes from the driver.
-WORKER_OPTIONS = ["mongo", "exp_key", "data_dir", "results_dir", "offline",
-                  "poll_interval", "reserve_timeout", "last_job_timeout",
-                  "max_consecutive_failures", "max_jobs", "workdir", "heartbeat"]
+    max_evals: int | None = setting(
+        None, "--max-evals", "HKS_MAX_EVALS", positive_int,
+        "stop once this many trials exist in total, counting those of earlier runs "
+        "(default: run until interrupted)")
+    trials_file: str = setting("results.pkl", "--trials-file", "HKS_TRIALS_FILE", str,
+                               "pickle of hyperopt's Trials, rewritten after every "
+                               "trial; the search resumes from it")
+    seed: int | None = setting(None, "--seed", "HKS_SEED", non_negative_int,
+                               "seed for hyperopt's suggestions (default: random)")
+    plots: bool = setting(True, "--no-plots", "HKS_PLOTS", flag_value,
+                          "do not draw model_demo.png and model_best.png")
+    warm_start: str | None = setting(
+        None, "--warm-start", "HKS_WARM_START", existing_dir,
+        "first add the trials of the result JSON files in this folder (e.g. "
+        "results/, after losing results.pkl) so TPE goes on from them; files "
+        "already in the search are not added twice")
 
 
-def add_options(parser, names):
-    """Add the named options to an argparse parser (defaults stay None, so
-    `read_config` can tell a flag given from a flag left out)."""
-    defaults = Config()
-    for name in names:
-        flag, env_var, _, text = OPTIONS[name]
-        default = getattr(defaults, name)
-        help_text = f"{text} [env {env_var}; default {default}]"
-        if isinstance(default, bool):
-            const = not default  # --tensorboard turns on, --no-plots turns off
-            parser.add_argument(flag, dest=name, action="store_const", const=const,
-                                default=None, help=help_text)
-        else:
-            parser.add_argument(flag, dest=name, default=None, metavar="N" if
-                                OPTIONS[name][2] in (positive_int, non_negative_int)
-                                else None, help=help_text)
+def options_of(kind):
+    """{field name: Option} of a settings class."""
+    return {f.name: f.metadata["option"] for f in dataclasses.fields(kind)
+            if "option" in f.metadata}
 
 
-def read_config(args=None, environ=None, names=OPTIONS):
+def defaults_of(kind):
+    return {f.name: f.default for f in dataclasses.fields(kind)}
+
+
+def subset(kind, settings):
+    """The `kind` settings held by a larger settings object (e.g. the
+    TrialSettings of a SearchSettings): what a trial needs and nothing else."""
+    return kind(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(kind)})
+
+
+def add_options(parser, *kinds, only=None):
+    """Add the flags of these settings classes (or `only` those named) to an
+    argparse parser, each once. Defaults stay None, so `read_settings` can
+    tell a flag given from one left out."""
+    added = {action.dest for action in parser._actions}
+    for kind in kinds:
+        defaults = defaults_of(kind)
+        for name, option in options_of(kind).items():
+            if option.flag is None or name in added or (only and name not in only):
+                continue
+            added.add(name)
+            default = defaults[name]
+            help_text = f"{option.help} [env {option.env}; default {default}]"
+            if isinstance(default, bool):
+                parser.add_argument(option.flag, dest=name, action="store_const",
+                                    const=not default,  # --tensorboard on, --no-plots off
+                                    default=None, help=help_text)
+            else:
+                metavar = "N" if option.parse in (positive_int, non_negative_int) else None
+                parser.add_argument(option.flag, dest=name, default=None, metavar=metavar,
+                                    help=help_text)
+
+
+def read_settings(kind, args=None, environ=None):
     """The one place where settings are read: a flag wins over its environment
     variable, which wins over the default. Raises UsageError on a bad value."""
     environ = os.environ if environ is None else environ
     values = {}
-    for name in names:
-        flag, env_var, parse, _ = OPTIONS[name]
+    for name, option in options_of(kind).items():
         given = getattr(args, name, None) if args is not None else None
         if given is not None:
-            source, raw = flag, given
-        elif environ.get(env_var, "") != "":
-            if name == "dataset_size" and not code_testing(environ):
-                continue  # the seed's rule: DATASET_SIZE only counts when testing code
-            source, raw = env_var, environ[env_var]
-        elif name == "mongo" and mongo_url_from_parts(environ):
-            source, raw = "MONGO_DB_HOST/MONGO_DB_PORT/MONGO_DB_NAME", mongo_url_from_parts(environ)
+            source, raw = option.flag, given
+        elif environ.get(option.env, "") != "":
+            if option.testing_only and not code_testing(environ):
+                continue
+            source, raw = option.env, environ[option.env]
+        elif option.fallback and option.fallback(environ):
+            source, raw = option.fallback(environ)
         else:
             continue
         if isinstance(raw, bool):
             values[name] = raw
             continue
         try:
-            values[name] = parse(raw)
+            values[name] = option.parse(raw)
         except ValueError as err:
             raise UsageError(f"{source}: {err}") from None
-    values["keras_home"] = environ.get("KERAS_HOME") or os.path.join(
-        os.path.expanduser("~"), ".keras")
-    return Config(**values)
+    return kind(**values)
 
 
 def code_testing(environ):
@@ -359,16 +273,99 @@ def code_testing(environ):
         raise UsageError(f"CODE_TESTING: {err}") from None
 
 
-def config_from_env():
+def settings_from_env(kind=TrialSettings):
     """Settings for code called without a command line (notebooks, workers)."""
-    return read_config()
+    return read_settings(kind)
 
+
+# --- command lines ---
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse that refuses a bad flag with one line and exit code 2."""
+    """argparse that refuses a bad flag with one line and exit code 2, and
+    takes no abbreviations (--dataset is not --dataset-size)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_or_exit(parser, kinds, argv=None, environ=None):
+    """Parse the command line and read one settings object per class in
+    `kinds`; a bad flag or variable ends the program with one line and exit
+    code 2. Returns (args, [settings, ...])."""
+    args = parser.parse_args(argv)
+    try:
+        return args, [read_settings(kind, args, environ) for kind in kinds]
+    except UsageError as err:
+        parser.error(str(err))
+
+
+def argparse_type(parse):
+    """An argparse `type` from one of the parsers above: its ValueError becomes
+    argparse's one-line error."""
+    def parse_or_complain(text):
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    parse_or_complain.__name__ = parse.__name__
+    return parse_or_complain
+
+
+def raise_interrupt(signum, frame):
+    """SIGTERM (kill, docker stop) stops like Ctrl-C: install with
+    signal.signal(signal.SIGTERM, utils.raise_interrupt)."""
+    raise KeyboardInterrupt
+
+
+QUIET_MARK = "HKS_QUIET_TF_LOGS"  # set with TF_CPP_MIN_LOG_LEVEL when the scripts chose it
+
+
+def quiet_tensorflow_logs():
+    """Unless the user chose TF_CPP_MIN_LOG_LEVEL, hide TensorFlow's C++ INFO
+    and WARNING logs (errors still show). Call before TensorFlow is imported;
+    trial processes inherit the choice. True when the scripts chose it."""
+    if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        os.environ[QUIET_MARK] = "1"
+    return os.environ.get(QUIET_MARK) == "1"
+
+
+# Lines TensorFlow's C++ start-up writes to stderr whatever TF_CPP_MIN_LOG_LEVEL
+# says (they come before its logging is set up), and none of which asks
+# anything of the user; on a machine without a GPU, "failed call to cuInit" too.
+STARTUP_NOISE = ("All log messages before absl::InitializeLog()", "oneDNN custom operations",
+                 "cudart_stub.cc", "failed call to cuInit", "cpu_feature_guard.cc",
+                 "To enable the following instructions", "Unable to register cu")
+
+
+@contextlib.contextmanager
+def startup_noise_filtered():
+    """Run the block (importing TensorFlow, finding its devices) with the
+    process's stderr caught at the file-descriptor level, where C++ writes;
+    then write back every line that is not STARTUP_NOISE. Does nothing when
+    the user set TF_CPP_MIN_LOG_LEVEL: they want to see for themselves."""
+    if not quiet_tensorflow_logs():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode("utf-8", "replace").splitlines(keepends=True):
+                if not any(noise in line for noise in STARTUP_NOISE):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 # --- files that must never be half-written ---
@@ -428,6 +425,12 @@ def model_name_for(fine_accuracy, uid):
     return f"model_{fine_accuracy:.{ACCURACY_DECIMALS}f}_{uid}"
 
 
+def model_id(model_name):
+    """The random id that ends a model's name (`model_<accuracy>_<id>`,
+    `failed_<id>`); its weights and TensorBoard logs are named after it."""
+    return str(model_name).removesuffix(RESULT_SUFFIX).rsplit("_", 1)[-1]
+
+
 def result_path(result, results_dir=RESULTS_DIR):
     return Path(results_dir) / f"{result['model_name']}{RESULT_SUFFIX}"
 
@@ -456,19 +459,27 @@ def result_files(results_dir=RESULTS_DIR):
     return sorted(glob.glob(os.path.join(results_dir, "*" + RESULT_SUFFIX)))
 
 
-def load_best_result(results_dir=RESULTS_DIR):
-    """The successful result with the lowest loss (highest fine accuracy), or
-    None when the folder holds none. Unreadable files are skipped."""
-    best = None
+def load_results(results_dir=RESULTS_DIR):
+    """Every readable result dict in `results_dir` (unreadable files skipped)."""
+    results = []
     for path in result_files(results_dir):
         try:
             result = load_json_result(path)
         except (OSError, ValueError):
             continue
-        if not isinstance(result, dict) or result.get("status") != "ok":
-            continue
+        if isinstance(result, dict):
+            results.append(result)
+    return results
+
+
+def load_best_result(results_dir=RESULTS_DIR):
+    """The successful result with the lowest loss (highest fine accuracy), or
+    None when the folder holds none. Unreadable files are skipped."""
+    best = None
+    for result in load_results(results_dir):
         loss = result.get("loss")
-        if isinstance(loss, (int, float)) and (best is None or loss < best["loss"]):
+        if result.get("status") == "ok" and isinstance(loss, (int, float)) and (
+                best is None or loss < best["loss"]):
             best = result
     return best
 
@@ -477,3 +488,47 @@ def load_best_hyperspace(results_dir=RESULTS_DIR):
     """The `space` of the best trial in `results_dir`, or None if there is none."""
     best = load_best_result(results_dir)
     return None if best is None else best["space"]
+
+
+def best_trial(trials):
+    """(trial id, result) of the best successful trial of hyperopt Trials, or None."""
+    ok = [(t["tid"], t["result"]) for t in trials.trials if t["result"].get("status") == "ok"]
+    return min(ok, key=lambda pair: pair[1]["loss"], default=None)
+
+
+def progress_line(result, number, seconds, of="", where="", best=None):
+    """The one line printed for a finished trial, by the search, the MongoDB
+    driver and the workers alike: `Trial <number><of>: <accuracies or
+    FAILED>, <seconds><where>`, then the best so far when `best` (a
+    best_trial pair, or False for none yet) is given."""
+    if result.get("status") == "ok":
+        head = (f"Trial {number}{of}: fine {result['fine_best_accuracy']:.4f}, "
+                f"coarse {result['coarse_best_accuracy']:.4f}, {seconds:.1f} s{where}")
+    else:
+        error = str(result.get("error", "unknown error")).splitlines()[0][:200]
+        head = f"Trial {number}{of}: FAILED after {seconds:.1f} s{where} ({error})"
+    if best is None:
+        return head
+    tail = (f"best so far: fine {best[1]['fine_best_accuracy']:.4f} (trial {best[0] + 1}, "
+            f"{best[1]['model_name']})" if best else "no successful trial yet")
+    return f"{head} | {tail}"
+
+
+# Validation fine accuracy per epoch: Keras 3 name (this project), Keras 2 (the original's).
+VAL_FINE_KEYS = ["val_fine_outputs_accuracy", "val_fine_outputs_acc"]
+
+
+def is_number(value):
+    """A finite int or float, and not a bool."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def val_fine_curve(result):
+    """A result's validation fine accuracy per epoch (NaN where not a number),
+    under its Keras 3 or Keras 2 name, or []."""
+    history = result.get("history") or {}
+    for key in VAL_FINE_KEYS:
+        if isinstance(history.get(key), list):
+            return [v if is_number(v) else float("nan") for v in history[key]]
+    return []

@@ -1,5 +1,7 @@
-"""Shared fixtures: a tiny CIFAR-100 archive in the real format, a Config that
-points at it (never downloads), and a small hyperspace that trains in seconds."""
+"""Shared fixtures: a tiny CIFAR-100 archive in the real format, search
+settings that point at it (never download), a small hyperspace that trains in
+seconds, and MongoDB (the test server of tests/support/, or a real one).
+The tests' helpers live in tests/support/, which is put on sys.path here."""
 
 import os
 import socket
@@ -11,10 +13,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SUPPORT = ROOT / "tests" / "support"
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(SUPPORT))
 
-import fake_cifar100  # noqa: E402
+import dataset  # noqa: E402
 import utils  # noqa: E402
 
 N_TRAIN, N_TEST = 400, 100
@@ -35,16 +38,16 @@ TINY_HYPE_SPACE = {
 def cifar_dir(tmp_path_factory):
     """A folder holding a fake cifar-100-python.tar.gz (400 train, 100 test)."""
     folder = tmp_path_factory.mktemp("ml_req")
-    fake_cifar100.write_archive(folder / "cifar-100-python.tar.gz", N_TRAIN, N_TEST)
+    dataset.write_synthetic_archive(folder / "cifar-100-python.tar.gz", N_TRAIN, N_TEST)
     return folder
 
 
 @pytest.fixture
 def config(cifar_dir, tmp_path):
-    return utils.Config(epochs=1, data_dir=str(cifar_dir), offline=True, plots=False,
-                        results_dir=str(tmp_path / "results"),
-                        trials_file=str(tmp_path / "results.pkl"),
-                        keras_home=str(tmp_path / "keras_home"))
+    return utils.SearchSettings(epochs=1, data_dir=str(cifar_dir), offline=True, plots=False,
+                                results_dir=str(tmp_path / "results"),
+                                trials_file=str(tmp_path / "results.pkl"),
+                                keras_home=str(tmp_path / "keras_home"))
 
 
 @pytest.fixture
@@ -64,7 +67,7 @@ def clean_env(tmp_path):
     return env
 
 
-# --- MongoDB: the test server of tests/mongo_test_server.py, or a real one ---
+# --- MongoDB: the test server of tests/support/mongo_test_server.py, or a real one ---
 
 def free_port():
     with socket.socket() as s:
@@ -92,7 +95,7 @@ def mongo_server():
         yield real.rstrip("/")
         return
     port = free_port()
-    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "mongo_test_server.py"),
+    server = subprocess.Popen([sys.executable, str(SUPPORT / "mongo_test_server.py"),
                                "--port", str(port)], stdout=subprocess.DEVNULL)
     try:
         wait_for_mongo(f"mongodb://127.0.0.1:{port}")

@@ -18,7 +18,12 @@ from pathlib import Path
 import pytest
 
 import analyze_results
+import hyperopt_optimize
+import tensorboard_hparams
+from tensorboard_events import read_events, run_contents
 
+# The conditional hyperparameters of the search space: the original's nulls.
+CONDITIONAL = tensorboard_hparams.conditional_hparams(hyperopt_optimize.space)
 ORIGINAL_RESULTS = Path(__file__).parent / "fixtures" / "original-results"
 BEST = "model_0.676100010872_6066e.txt.json"
 TRUNCATED = "model_0.500000_trunc.txt.json"
@@ -160,37 +165,6 @@ def test_csv_has_every_readable_trial(analysed):
     assert float(best["fine_best_accuracy"]) == pytest.approx(0.6761000108718872)
 
 
-def read_events(folder):
-    """The events of a run folder, read with the tensorboard package (no TensorFlow)."""
-    from tensorboard.compat.proto import event_pb2
-    from tensorboard.compat.tensorflow_stub import errors, pywrap_tensorflow
-    events = []
-    for path in sorted(folder.glob("events.out.tfevents.*")):
-        reader = pywrap_tensorflow.PyRecordReader_New(str(path).encode())
-        while True:
-            try:
-                reader.GetNext()
-            except errors.OutOfRangeError:
-                break
-            events.append(event_pb2.Event.FromString(reader.record()))
-    return events
-
-
-def run_contents(folder):
-    """({hparam: python value}, {metric tag: value}) of one HParams run."""
-    from tensorboard.plugins.hparams import metadata
-    hparams, scalars = {}, {}
-    for event in read_events(folder):
-        for value in event.summary.value:
-            if value.tag == metadata.SESSION_START_INFO_TAG:
-                info = metadata.parse_session_start_info_plugin_data(
-                    value.metadata.plugin_data.content)
-                hparams = {k: getattr(v, v.WhichOneof("kind")) for k, v in info.hparams.items()}
-            elif value.HasField("simple_value"):
-                scalars[value.tag] = value.simple_value
-    return hparams, scalars
-
-
 def test_tensorboard_hparams(analysed):
     from tensorboard.plugins.hparams import metadata
     successful = [r for r in all_results() if r["status"] == "ok"]
@@ -215,7 +189,8 @@ def test_tensorboard_hparams(analysed):
     experiment = metadata.parse_experiment_plugin_data(config.metadata.plugin_data.content)
     infos = {info.name: info for info in experiment.hparam_infos}
     assert set(infos) == set(SPACE)
-    residuals = {analyze_results.hparams_of(r["space"])["residual"] for r in successful}
+    residuals = {tensorboard_hparams.hparams_of(r["space"], CONDITIONAL)["residual"]
+                 for r in successful}
     assert {v.string_value for v in infos["residual"].domain_discrete.values} == residuals
     assert "none" in residuals and "3" in residuals
     assert infos["batch_size"].domain_interval.min_value == 50.0
@@ -224,25 +199,25 @@ def test_tensorboard_hparams(analysed):
 
 
 def test_hparams_of_and_the_conditional_keys():
-    values = analyze_results.hparams_of({**SPACE, "first_conv": 3, "use_BN": True})
+    values = tensorboard_hparams.hparams_of({**SPACE, "first_conv": 3, "use_BN": True}, CONDITIONAL)
     assert values["first_conv"] == "3" and values["residual"] == "2"
     assert values["one_more_fc"] == "1.25" and values["use_BN"] is True
     assert values["nb_conv_pool_layers"] == 2.0 and values["optimizer"] == "Adam"
-    assert analyze_results.hparams_of(SPACE)["first_conv"] == "none"
+    assert tensorboard_hparams.hparams_of(SPACE, CONDITIONAL)["first_conv"] == "none"
     # The original's space is this one, key for key: its nulls are the conditional keys.
     nullable = {k for r in all_results() for k, v in r["space"].items() if v is None}
-    assert nullable == set(analyze_results.CONDITIONAL_HPARAMS)
+    assert nullable == set(CONDITIONAL)
 
 
 def test_write_hparams_run_replaces_its_file(tmp_path):
     result = own_result("ccccc", 0.5, 0.6)
-    run = analyze_results.write_hparams_run(result, tmp_path)
-    analyze_results.write_hparams_run(result, tmp_path)
+    run = tensorboard_hparams.write_hparams_run(result, tmp_path)
+    tensorboard_hparams.write_hparams_run(result, tmp_path)
     assert run == tmp_path / result["model_name"]
     assert len(list(run.iterdir())) == 1
-    assert analyze_results.write_hparams_run(FAILED, tmp_path) is None
-    assert analyze_results.write_hparams_experiment(tmp_path, [result, FAILED]) == len(SPACE)
-    assert analyze_results.write_hparams_experiment(tmp_path, [result]) == len(SPACE)
+    assert tensorboard_hparams.write_hparams_run(FAILED, tmp_path) is None
+    assert tensorboard_hparams.write_hparams_experiment(tmp_path, [result, FAILED]) == len(SPACE)
+    assert tensorboard_hparams.write_hparams_experiment(tmp_path, [result]) == len(SPACE)
     assert len([p for p in tmp_path.iterdir() if p.is_file()]) == 1
 
 

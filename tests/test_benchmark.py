@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 # --quick, shrunk further to a small model and few trials to keep the suite short.
@@ -12,6 +14,7 @@ QUICK_AND_SMALL = ["--quick", "--models", "small", "--steps", "1", "--repeats", 
                    "--archive-images", "600", "--tpe-trials", "10,20", "--memory-trials", "3"]
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_well_formed_json(tmp_path, clean_env):
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), *QUICK_AND_SMALL,

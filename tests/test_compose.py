@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import mongo_search
 import utils
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -339,8 +340,14 @@ def test_env_example_password_is_a_placeholder_to_change():
     assert value and "change" in (value + " ".join(paragraph)).lower()
 
 
-def option_env_vars(names):
-    return {utils.OPTIONS[name][1]: name for name in names}
+DRIVER_SETTINGS = (utils.SearchSettings, mongo_search.DriverSettings)
+WORKER_SETTINGS = (mongo_search.WorkerSettings,)
+
+
+def option_env_vars(kinds):
+    """{environment variable: (settings class, field name)} of these settings classes."""
+    return {option.env: (kind, name) for kind in kinds
+            for name, option in utils.options_of(kind).items()}
 
 
 MONGO_PARTS = {"MONGO_DB_HOST", "MONGO_DB_PORT", "MONGO_DB_NAME", "MONGO_DB_USER",
@@ -348,8 +355,8 @@ MONGO_PARTS = {"MONGO_DB_HOST", "MONGO_DB_PORT", "MONGO_DB_NAME", "MONGO_DB_USER
 
 
 def test_the_programs_read_every_variable_compose_gives_them(services):
-    driver_vars = set(option_env_vars(utils.SEARCH_OPTIONS + utils.DRIVER_OPTIONS))
-    worker_vars = set(option_env_vars(utils.WORKER_OPTIONS))
+    driver_vars = set(option_env_vars(DRIVER_SETTINGS))
+    worker_vars = set(option_env_vars(WORKER_SETTINGS))
     unread = set(environment(services[DRIVER])) - driver_vars - MONGO_PARTS - {"CODE_TESTING"}
     assert unread == set(), "the driver does not read these"
     for name in WORKERS:
@@ -360,8 +367,7 @@ def test_the_programs_read_every_variable_compose_gives_them(services):
 
 def test_compose_defaults_are_the_programs_defaults(compose, services):
     defaults = compose_defaults(compose)
-    program = utils.Config()
-    by_var = option_env_vars(utils.OPTIONS)
+    by_var = option_env_vars(DRIVER_SETTINGS + WORKER_SETTINGS)
     checked = 0
     for service in APPS:
         for key, value in environment(services[service]).items():
@@ -370,11 +376,12 @@ def test_compose_defaults_are_the_programs_defaults(compose, services):
                 continue
             variable = match.group("braced") or match.group("bare")
             if key in by_var and defaults.get(variable):
-                _, _, parse, _ = utils.OPTIONS[by_var[key]]
-                assert parse(defaults[variable]) == getattr(program, by_var[key]), key
+                kind, name = by_var[key]
+                parse = utils.options_of(kind)[name].parse
+                assert parse(defaults[variable]) == utils.defaults_of(kind)[name], key
                 checked += 1
     assert checked >= 5
-    assert defaults["MONGO_DB_NAME"] == utils.MONGO_DEFAULT_DB
+    assert defaults["MONGO_DB_NAME"] == mongo_search.MONGO_DEFAULT_DB
 
 
 # --- the Dockerfile ---

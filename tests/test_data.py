@@ -8,15 +8,15 @@ import tarfile
 import numpy as np
 import pytest
 
-import fake_cifar100
+import dataset
 import neural_net
 import utils
 from conftest import N_TEST, N_TRAIN
 
 
 def load(folder, tmp_path, **config):
-    neural_net.unload_cifar100()
-    cfg = utils.Config(data_dir=str(folder), offline=True,
+    dataset.unload_cifar100()
+    cfg = utils.SearchSettings(data_dir=str(folder), offline=True,
                        keras_home=str(tmp_path / "keras_home"), **config)
     return neural_net.load_cifar100(config=cfg)
 
@@ -24,7 +24,7 @@ def load(folder, tmp_path, **config):
 def known_split(n_images):
     """A split whose image 1 has a different, known value in every pixel."""
     rng = np.random.default_rng(1)
-    split = fake_cifar100.fake_split(n_images, rng, "known")
+    split = dataset.synthetic_split(n_images, rng, "known")
     split[b"data"][1] = (np.arange(3072) * 7 % 256).astype(np.uint8)
     return split
 
@@ -42,7 +42,7 @@ def test_loads_real_format_with_both_label_sets(cifar_dir, tmp_path):
 
 def test_channel_first_rows_become_channel_last_images_pixel_by_pixel(tmp_path):
     split = known_split(10)
-    archive = fake_cifar100.write_archive(
+    archive = dataset.write_synthetic_archive(
         tmp_path / "cifar-100-python.tar.gz",
         members={"train": pickle.dumps(split, protocol=2)})
     (x, _, _), _ = load(tmp_path, tmp_path)
@@ -56,7 +56,7 @@ def test_channel_first_rows_become_channel_last_images_pixel_by_pixel(tmp_path):
 
 def test_str_keys_are_accepted(tmp_path):
     split = {k.decode(): v for k, v in known_split(10).items()}
-    fake_cifar100.write_archive(tmp_path / "cifar-100-python.tar.gz",
+    dataset.write_synthetic_archive(tmp_path / "cifar-100-python.tar.gz",
                                 members={"train": pickle.dumps(split, protocol=2)})
     (x, yf, _), _ = load(tmp_path, tmp_path)
     assert x.shape == (10, 32, 32, 3) and len(yf) == 10
@@ -84,19 +84,19 @@ def test_missing_archive_offline_says_where_to_put_it(tmp_path):
         load(tmp_path, tmp_path)
     message = str(err.value)
     assert "cifar-100-python.tar.gz" in message and str(tmp_path) in message
-    assert neural_net.CIFAR100_URL in message
+    assert dataset.CIFAR100_URL in message
 
 
 def test_failed_download_gives_one_clear_error(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("Name or service not known")
-    monkeypatch.setattr(neural_net.keras.utils, "get_file", no_network)
+    monkeypatch.setattr(dataset.urllib.request, "urlopen", no_network)
     with pytest.raises(neural_net.DatasetError) as err:
-        neural_net.unload_cifar100()
-        neural_net.load_cifar100(config=utils.Config(
+        dataset.unload_cifar100()
+        neural_net.load_cifar100(config=utils.SearchSettings(
             data_dir=str(tmp_path), keras_home=str(tmp_path / "kh")))
     assert "download failed" in str(err.value) and "Name or service" in str(err.value)
-    assert neural_net.CIFAR100_URL in str(err.value)
+    assert dataset.CIFAR100_URL in str(err.value)
 
 
 def test_unofficial_archive_gets_a_one_line_notice(cifar_dir, tmp_path, capsys):
@@ -108,8 +108,8 @@ def test_unofficial_archive_gets_a_one_line_notice(cifar_dir, tmp_path, capsys):
 
 def test_official_archive_is_recognised(cifar_dir, tmp_path, capsys, monkeypatch):
     shutil.copy(cifar_dir / "cifar-100-python.tar.gz", tmp_path)
-    digest = neural_net.sha256_of(tmp_path / "cifar-100-python.tar.gz")
-    monkeypatch.setattr(neural_net, "CIFAR100_SHA256", digest)
+    digest = dataset.sha256_of(tmp_path / "cifar-100-python.tar.gz")
+    monkeypatch.setattr(dataset, "CIFAR100_SHA256", digest)
     load(tmp_path, tmp_path)
     assert "is the official archive" in capsys.readouterr().out
 
@@ -124,7 +124,7 @@ def test_decoded_cache_still_says_whether_the_archive_is_official(cifar_dir, tmp
 
 
 def test_decoded_cache_is_written_reused_and_invalidated(tmp_path, monkeypatch):
-    archive = fake_cifar100.write_archive(tmp_path / "cifar-100-python.tar.gz", 20, 5, seed=3)
+    archive = dataset.write_synthetic_archive(tmp_path / "cifar-100-python.tar.gz", 20, 5, seed=3)
     first = load(tmp_path, tmp_path)
     cache = tmp_path / "cifar-100-python.decoded.npz"
     assert cache.exists()
@@ -132,24 +132,24 @@ def test_decoded_cache_is_written_reused_and_invalidated(tmp_path, monkeypatch):
     def must_not_decode(*args):
         raise AssertionError("decoded the archive although the cache is fresh")
     with monkeypatch.context() as m:
-        m.setattr(neural_net, "read_archive_members", must_not_decode)
+        m.setattr(dataset, "read_archive_members", must_not_decode)
         again = load(tmp_path, tmp_path)
     np.testing.assert_array_equal(first[0][0], again[0][0])
 
-    fake_cifar100.write_archive(archive, 30, 5, seed=4)  # the archive changes
+    dataset.write_synthetic_archive(archive, 30, 5, seed=4)  # the archive changes
     changed = load(tmp_path, tmp_path)
     assert len(changed[0][0]) == 30
 
 
 def test_decoded_once_per_process(cifar_dir, tmp_path):
-    cfg = utils.Config(data_dir=str(cifar_dir), offline=True)
-    neural_net.unload_cifar100()
+    cfg = utils.SearchSettings(data_dir=str(cifar_dir), offline=True)
+    dataset.unload_cifar100()
     assert neural_net.load_cifar100(config=cfg) is neural_net.load_cifar100(config=cfg)
 
 
 def test_dataset_size_keeps_80_percent_train_20_percent_test(cifar_dir, tmp_path):
     data = load(cifar_dir, tmp_path)
-    (x, yf, yc), (xt, ytf, ytc) = neural_net.trim_dataset(data, 100)
+    (x, yf, yc), (xt, ytf, ytc) = dataset.trim_dataset(data, 100)
     assert len(x) == len(yf) == len(yc) == 80
     assert len(xt) == len(ytf) == len(ytc) == 20
 
@@ -157,12 +157,12 @@ def test_dataset_size_keeps_80_percent_train_20_percent_test(cifar_dir, tmp_path
 def test_val_split_holds_out_part_of_train(config):
     config.val_split = 0.25
     config.dataset_size = 200
-    train, val, test = neural_net.training_data(config)
+    train, val, test = dataset.training_data(config)
     assert len(train[0]) == 120 and len(val[0]) == 40 and len(test[0]) == 40
 
 
 def broken(tmp_path, **members):
-    return fake_cifar100.write_archive(tmp_path / "cifar-100-python.tar.gz", 10, 5,
+    return dataset.write_synthetic_archive(tmp_path / "cifar-100-python.tar.gz", 10, 5,
                                        members=members)
 
 

@@ -9,13 +9,17 @@ import re
 import subprocess
 import sys
 
-from conftest import ROOT
+import pytest
+
+from conftest import ROOT, SUPPORT
+
+pytestmark = pytest.mark.slow
 
 MIN_TESTS = 12  # hyperopt 0.3.0 collects 12 from the module
 
 
 def test_hyperopts_own_mongo_tests_pass(tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SUPPORT), str(ROOT)]))
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "mongo_plugin", "-p", "no:cacheprovider",
          "-W", "ignore::pytest.PytestUnknownMarkWarning",

@@ -10,15 +10,16 @@ import pytest
 
 from conftest import ROOT, TINY_HYPE_SPACE
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
-                                reason="JAX is not installed (pip install -r requirements-dev.txt)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                                 reason="JAX is not installed (pip install -r requirements-dev.txt)")]
 
 TRAIN_ONE = """
 import json, sys
 sys.path[:0] = [{root!r}]
 import keras, neural_net, utils
 space = json.loads({space!r})
-config = utils.Config(epochs=1, data_dir={data!r}, offline=True, dataset_size=200)
+config = utils.TrialSettings(epochs=1, data_dir={data!r}, offline=True, dataset_size=200)
 # One model that also goes through batch normalisation, a residual block and elu:
 for change in [{{"residual": 1.0, "use_BN": True, "activation": "elu"}}]:
     model, name, result = neural_net.build_and_train(dict(space, **change), config=config)

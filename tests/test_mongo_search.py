@@ -1,7 +1,7 @@
 """The search over MongoDB, end to end: a driver process and worker processes
 talking TCP to MongoDB (the test server, or HKS_TEST_MONGO_URL), as on
 several machines. Most tests use the cheap stand-in objectives of
-tests/mongo_objectives.py; one trains real (tiny) models."""
+tests/support/mongo_objectives.py; one trains real (tiny) models."""
 
 import json
 import os
@@ -13,21 +13,19 @@ import time
 import pytest
 from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW
 
-from conftest import ROOT
-
-TESTS = ROOT / "tests"
+from conftest import ROOT, SUPPORT
 
 
 @pytest.fixture
 def env(clean_env):
     """Workers import the stand-in objectives from tests/; heartbeats are quick."""
-    return dict(clean_env, PYTHONPATH=str(TESTS), HKS_HEARTBEAT="0.3",
+    return dict(clean_env, PYTHONPATH=str(SUPPORT), HKS_HEARTBEAT="0.3",
                 HKS_POLL_INTERVAL="0.5")
 
 
 def start_driver(objective, mongo_url, env, log, *flags):
     return subprocess.Popen(
-        [sys.executable, str(TESTS / "mongo_search.py"), objective, "--mongo", mongo_url,
+        [sys.executable, str(SUPPORT / "mongo_driver.py"), objective, "--mongo", mongo_url,
          "--exp-key", "exp", "--epochs", "1", "--no-plots", *flags],
         cwd=log.parent, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -40,6 +38,27 @@ def start_worker(mongo_url, env, folder, cifar_dir, *flags):
          "--reserve-timeout", "60", *flags],
         cwd=folder, env=env, stdout=(folder / "worker.log").open("w"),
         stderr=subprocess.STDOUT)
+
+
+@pytest.fixture
+def experiment(tmp_path, mongo_url, env, cifar_dir):
+    """start(objective, n_workers, *driver_flags) starts n worker processes
+    (in tmp_path/w1, w2, ...) and a driver whose output goes to
+    tmp_path/driver.log (`log=` another name; `env=` changes to the
+    environment), and returns (driver, workers, log). Whatever is still
+    running at the end of the test is stopped."""
+    started = []
+
+    def start(objective, n_workers, *flags, log="driver.log", env_changes=None):
+        run_env = dict(env, **(env_changes or {}))
+        workers = [start_worker(mongo_url, run_env, tmp_path / f"w{i}", cifar_dir)
+                   for i in range(1, n_workers + 1)]
+        log = tmp_path / log
+        driver = start_driver(objective, mongo_url, run_env, log, *flags)
+        started.extend(workers + [driver])
+        return driver, workers, log
+    yield start
+    stop(started)
 
 
 def finish(process, log, timeout=180):
@@ -80,19 +99,14 @@ def wait_until(condition, timeout, what):
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
-def test_two_workers_train_the_requested_trials(tmp_path, mongo_url, mongo_db, env,
-                                                cifar_dir):
+@pytest.mark.slow
+def test_two_workers_train_the_requested_trials(tmp_path, mongo_db, experiment):
     """The real path: real training in each worker's trial processes; both
     workers take a trial (one trains while the other takes the next); results
     in MongoDB and JSON files on each worker's disk."""
-    env = dict(env, CODE_TESTING="1", DATASET_SIZE="150")
-    workers = [start_worker(mongo_url, env, tmp_path / f"w{i}", cifar_dir) for i in (1, 2)]
-    log = tmp_path / "driver.log"
-    driver = start_driver("train", mongo_url, env, log, "--max-evals", "2", "--queue-len", "2")
-    try:
-        output = finish(driver, log, timeout=400)
-    finally:
-        stop(workers)
+    driver, _, log = experiment("train", 2, "--max-evals", "2", "--queue-len", "2",
+                                env_changes={"CODE_TESTING": "1", "DATASET_SIZE": "150"})
+    output = finish(driver, log, timeout=400)
     assert driver.returncode == 0, output
     done = jobs_of(mongo_db, JOB_STATE_DONE)
     assert len(done) == 2 and len(jobs_of(mongo_db)) == 2, output
@@ -105,26 +119,21 @@ def test_two_workers_train_the_requested_trials(tmp_path, mongo_url, mongo_db, e
     assert output.count("Trial ") == 2 and "Done: experiment 'exp' has 2 trials finished" in output
 
 
-def test_a_worker_killed_mid_trial_has_its_trial_requeued(tmp_path, mongo_url, mongo_db, env,
-                                                          cifar_dir):
-    workers = [start_worker(mongo_url, env, tmp_path / f"w{i}", cifar_dir) for i in (1, 2)]
-    log = tmp_path / "driver.log"
-    driver = start_driver("slow", mongo_url, env, log, "--max-evals", "3",
-                          "--stale-after", "2", "--queue-len", "1")
-    try:
-        started = lambda: [p for w in ("w1", "w2")  # noqa: E731
-                           for p in (tmp_path / w / "results").glob("started-*")]
-        wait_until(started, 120, "a worker to start a trial")
-        victim_pid = int(started()[0].name.split("-")[1])
-        victim = next(w for w in workers if w.pid == victim_pid)
-        killed_at = time.monotonic()
-        victim.kill()  # kill -9 in the middle of the trial
-        wait_until(lambda: any(j.get("requeue_count") for j in jobs_of(mongo_db)), 60,
-                   "the dead worker's trial to be requeued")
-        requeued_after = time.monotonic() - killed_at
-        output = finish(driver, log, timeout=120)
-    finally:
-        stop(workers)
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_has_its_trial_requeued(tmp_path, mongo_db, experiment):
+    driver, workers, log = experiment("slow", 2, "--max-evals", "3", "--stale-after", "2",
+                                      "--queue-len", "1")
+    started = lambda: [p for w in ("w1", "w2")  # noqa: E731
+                       for p in (tmp_path / w / "results").glob("started-*")]
+    wait_until(started, 120, "a worker to start a trial")
+    victim_pid = int(started()[0].name.split("-")[1])
+    victim = next(w for w in workers if w.pid == victim_pid)
+    killed_at = time.monotonic()
+    victim.kill()  # kill -9 in the middle of the trial
+    wait_until(lambda: any(j.get("requeue_count") for j in jobs_of(mongo_db)), 60,
+               "the dead worker's trial to be requeued")
+    requeued_after = time.monotonic() - killed_at
+    output = finish(driver, log, timeout=120)
     assert driver.returncode == 0, output
     done = jobs_of(mongo_db, JOB_STATE_DONE)
     assert len(done) == 3 and len(jobs_of(mongo_db)) == 3, output  # exactly, none twice
@@ -135,36 +144,27 @@ def test_a_worker_killed_mid_trial_has_its_trial_requeued(tmp_path, mongo_url, m
     print(f"requeued {requeued_after:.1f} s after the worker was killed (--stale-after 2)")
 
 
-def test_a_stopped_worker_puts_its_trial_back_at_once(tmp_path, mongo_url, mongo_db, env,
-                                                     cifar_dir):
+@pytest.mark.slow
+def test_a_stopped_worker_puts_its_trial_back_at_once(tmp_path, mongo_db, experiment):
     """Ctrl-C or SIGTERM (docker stop): hyperopt would mark the trial as an error."""
-    [worker] = [start_worker(mongo_url, env, tmp_path / "w1", cifar_dir)]
-    log = tmp_path / "driver.log"
-    driver = start_driver("slow", mongo_url, env, log, "--max-evals", "1")
-    try:
-        wait_until(lambda: list((tmp_path / "w1" / "results").glob("started-*")), 120,
-                   "the worker to start the trial")
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=30)
-        [job] = jobs_of(mongo_db)
-    finally:
-        driver.kill()
-        stop([worker])
+    driver, [worker], _ = experiment("slow", 1, "--max-evals", "1")
+    wait_until(lambda: list((tmp_path / "w1" / "results").glob("started-*")), 120,
+               "the worker to start the trial")
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=30)
+    [job] = jobs_of(mongo_db)
+    driver.kill()
     assert worker.returncode == 130
     assert job["state"] == JOB_STATE_NEW and job["owner"] is None and "error" not in job
     assert "its trial is back in the queue" in (tmp_path / "w1" / "worker.log").read_text()
 
 
-def test_a_trial_that_kills_every_worker_is_given_up(tmp_path, mongo_url, mongo_db, env,
-                                                     cifar_dir):
-    workers = [start_worker(mongo_url, env, tmp_path / f"w{i}", cifar_dir) for i in (1, 2)]
-    log = tmp_path / "driver.log"
-    driver = start_driver("poison", mongo_url, env, log, "--max-evals", "1",
-                          "--stale-after", "1.5", "--max-requeues", "1")
-    try:
-        output = finish(driver, log, timeout=120)
-    finally:
-        stop(workers)
+@pytest.mark.slow
+def test_a_trial_that_kills_every_worker_is_given_up(mongo_db, experiment):
+    driver, workers, log = experiment("poison", 2, "--max-evals", "1", "--stale-after", "1.5",
+                                      "--max-requeues", "1")
+    output = finish(driver, log, timeout=120)
+    stop(workers)  # reaps them; one still alive would be interrupted (exit code 130)
     assert driver.returncode == 0, output
     [job] = jobs_of(mongo_db)
     assert job["state"] == JOB_STATE_ERROR and job["requeue_count"] == 1
@@ -173,22 +173,16 @@ def test_a_trial_that_kills_every_worker_is_given_up(tmp_path, mongo_url, mongo_
     assert "given up" in output and "1 given up" in output
 
 
-def test_restarting_the_driver_resumes_the_experiment(tmp_path, mongo_url, mongo_db, env,
-                                                      cifar_dir):
-    workers = [start_worker(mongo_url, env, tmp_path / "w1", cifar_dir)]
-    log = tmp_path / "driver.log"
-    driver = start_driver("quick", mongo_url, env, log, "--max-evals", "6", "--seed", "1")
-    try:
-        wait_until(lambda: len(jobs_of(mongo_db, JOB_STATE_DONE)) >= 2, 120, "2 trials")
-        driver.send_signal(signal.SIGTERM)
-        first = finish(driver, log, timeout=30)
-        assert driver.returncode == 130, first
-        assert "Run the same command again to resume" in first
-        log2 = tmp_path / "driver2.log"
-        driver = start_driver("quick", mongo_url, env, log2, "--max-evals", "6", "--seed", "1")
-        second = finish(driver, log2, timeout=120)
-    finally:
-        stop(workers)
+@pytest.mark.slow
+def test_restarting_the_driver_resumes_the_experiment(tmp_path, mongo_db, experiment):
+    driver, _, log = experiment("quick", 1, "--max-evals", "6", "--seed", "1")
+    wait_until(lambda: len(jobs_of(mongo_db, JOB_STATE_DONE)) >= 2, 120, "2 trials")
+    driver.send_signal(signal.SIGTERM)
+    first = finish(driver, log, timeout=30)
+    assert driver.returncode == 130, first
+    assert "Run the same command again to resume" in first
+    driver, _, log2 = experiment("quick", 0, "--max-evals", "6", "--seed", "1", log="driver2.log")
+    second = finish(driver, log2, timeout=120)
     assert driver.returncode == 0, second
     resumed = next(line for line in second.splitlines() if line.startswith("Experiment"))
     assert "trials finished" in resumed  # it found the experiment
@@ -200,6 +194,7 @@ def test_restarting_the_driver_resumes_the_experiment(tmp_path, mongo_url, mongo
     assert len(result_files(tmp_path / "w1")) == 6
 
 
+@pytest.mark.slow
 def test_unreachable_mongodb_fails_fast_with_a_clear_message(tmp_path, clean_env):
     from conftest import free_port
     address = f"127.0.0.1:{free_port()}/db"
@@ -240,17 +235,16 @@ def test_a_slow_worker_cannot_write_over_its_requeued_trial(mongo_url):
     import datetime
 
     import mongo_compat
-    import utils
+    import mongo_search
     from hyperopt.mongoexp import MongoCtrl, MongoTrials, OperationFailure
 
-    import hyperopt_optimize
-    jobs = mongo_compat.open_jobs(utils.mongo_url(mongo_url))
+    jobs = mongo_compat.open_jobs(mongo_search.mongo_url(mongo_url))
     jobs.insert({"exp_key": "exp", "tid": 0, "state": 0, "owner": None, "version": 0,
                  "result": {"status": "new"}, "misc": {"tid": 0}})
     job = jobs.reserve("slow-worker", exp_key="exp")
-    config = utils.Config(exp_key="exp", stale_after=1.0, max_requeues=2)
+    config = mongo_search.DriverSettings(exp_key="exp", stale_after=1.0, max_requeues=2)
     later = job["refresh_time"] + datetime.timedelta(seconds=5)
-    [message] = hyperopt_optimize.requeue_stale_jobs(jobs.jobs, config, now=later)
+    [message] = mongo_search.requeue_stale_jobs(jobs.jobs, config, now=later)
     assert "put back in the queue (1/2)" in message
     ctrl = MongoCtrl(MongoTrials(jobs, exp_key="exp", refresh=False), current_trial=job,
                      read_only=False)

@@ -1,6 +1,6 @@
-"""The test MongoDB server (tests/mongo_test_server.py) does what the rest of
+"""The test MongoDB server (tests/support/mongo_test_server.py) does what the rest of
 the suite relies on, checked with real pymongo 4 clients over TCP on
-127.0.0.1 -- both in process and behind the fake tests/bin/mongod."""
+127.0.0.1 -- both in process and behind the fake tests/support/bin/mongod."""
 
 import os
 import select
@@ -10,7 +10,6 @@ import struct
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import bson
 import gridfs
@@ -19,9 +18,10 @@ import pytest
 from pymongo import ReturnDocument, WriteConcern
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, WriteError
 
+from conftest import SUPPORT
 from mongo_test_server import OP_QUERY, OP_REPLY, start_server
 
-MONGOD = Path(__file__).resolve().parent / "bin" / "mongod"
+MONGOD = SUPPORT / "bin" / "mongod"
 
 
 class CommandLog(pymongo.monitoring.CommandListener):

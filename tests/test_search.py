@@ -16,11 +16,13 @@ import keras
 import psutil
 import pytest
 
+import dataset
 import hyperopt_optimize
 import neural_net
-from conftest import ROOT
+import trial_process
+from conftest import ROOT, SUPPORT
 
-TINY_SEARCH = str(ROOT / "tests" / "tiny_search.py")
+TINY_SEARCH = str(SUPPORT / "tiny_search.py")
 SCRIPT = str(ROOT / "hyperopt_optimize.py")
 
 
@@ -79,13 +81,14 @@ def test_failing_trial_is_recorded_and_the_search_goes_on(config, tiny_search_sp
 def test_missing_dataset_stops_the_search_instead_of_failing_every_trial(
         config, tiny_search_space, tmp_path):
     config.data_dir = str(tmp_path)
-    neural_net.unload_cifar100()
+    dataset.unload_cifar100()
     config.max_evals = 3
     with pytest.raises(neural_net.DatasetError):
         hyperopt_optimize.run_search(config)
     assert not os.path.exists(config.trials_file)
 
 
+@pytest.mark.slow
 def test_memory_of_the_search_process_stays_flat(config, tiny_search_space, monkeypatch):
     """Trials run in child processes, so the search's own memory does not grow
     with the graphs TensorFlow keeps for every model it has trained."""
@@ -105,7 +108,7 @@ def test_memory_of_the_search_process_stays_flat(config, tiny_search_space, monk
     growth = rss[-1] - rss[1]  # after the first trial: imports, data, first plots
     assert growth < 20, f"RSS grew {growth:.0f} MiB over 3 trials: {rss}"
     assert len(load(config.trials_file).trials) == 5
-    assert hyperopt_optimize._spare is None  # no process is left waiting for a trial
+    assert not trial_process.has_spare()  # no process is left waiting for a trial
     assert multiprocessing.active_children() == []
 
 
@@ -117,6 +120,7 @@ def test_in_process_trials_free_their_models(config, tiny_search_space):
     assert alive == []
 
 
+@pytest.mark.slow
 def test_a_trial_killed_by_the_system_is_a_failed_trial(clean_env, tmp_path, cifar_dir):
     """What the out-of-memory killer does to a trial: the search records it and goes on."""
     process = subprocess.Popen(
@@ -178,6 +182,7 @@ def test_no_dataset_exits_with_one_clear_message(clean_env, tmp_path):
     assert "cifar-100-python.tar.gz" in done.stderr and "kriz" in done.stderr
 
 
+@pytest.mark.slow
 def test_unreadable_results_pkl_is_refused_and_left_alone(clean_env, tmp_path, cifar_dir):
     (tmp_path / "results.pkl").write_bytes(b"\x80\x05garbage")
     done = run(search_args(cifar_dir, "--max-evals", "1"), clean_env, tmp_path, timeout=120)
@@ -187,6 +192,7 @@ def test_unreadable_results_pkl_is_refused_and_left_alone(clean_env, tmp_path, c
     assert (tmp_path / "results.pkl").read_bytes() == b"\x80\x05garbage"
 
 
+@pytest.mark.slow
 def test_two_runs_resume_the_search(clean_env, tmp_path, cifar_dir):
     first = run(search_args(cifar_dir, "--max-evals", "1", "--seed", "1"), clean_env, tmp_path)
     assert first.returncode == 0, first.stderr
@@ -217,6 +223,7 @@ def trial_processes(driver):
     return [p for p in driver.children() if "spawn_main" in " ".join(p.cmdline())]
 
 
+@pytest.mark.slow
 def test_kill_9_never_leaves_a_broken_results_pkl(clean_env, tmp_path, cifar_dir):
     process = subprocess.Popen(
         [sys.executable, TINY_SEARCH, *search_args(cifar_dir, "--max-evals", "50", "--isolated")],
@@ -246,6 +253,7 @@ def test_kill_9_never_leaves_a_broken_results_pkl(clean_env, tmp_path, cifar_dir
     assert len(load(pkl).trials) == len(trials.trials) + 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_says_how_to_resume(clean_env, tmp_path, cifar_dir):
     """Ctrl-C in a terminal reaches the search and its trial process alike."""
     process = subprocess.Popen(
@@ -267,6 +275,7 @@ def test_ctrl_c_saves_and_says_how_to_resume(clean_env, tmp_path, cifar_dir):
     assert len(list((tmp_path / "results").glob("*.txt.json"))) == len(trials)
 
 
+@pytest.mark.slow
 def test_real_space_end_to_end_with_plots(clean_env, tmp_path, cifar_dir):
     """The README's command on the real search space: one trial, the plots, a result."""
     done = run(["--data-dir", str(cifar_dir), "--epochs", "1", "--max-evals", "1",
@@ -282,7 +291,7 @@ def test_real_space_end_to_end_with_plots(clean_env, tmp_path, cifar_dir):
 
 def test_tensorboard_shows_each_trial_in_the_hparams_dashboard(config, tiny_space, tmp_path,
                                                                 monkeypatch):
-    from test_analyze_results import read_events, run_contents
+    from tensorboard_events import read_events, run_contents
     monkeypatch.chdir(tmp_path)
     config.tensorboard, config.in_process = True, True
     result = hyperopt_optimize.optimize_cnn(tiny_space, config)
@@ -294,6 +303,7 @@ def test_tensorboard_shows_each_trial_in_the_hparams_dashboard(config, tiny_spac
     assert read_events(tmp_path / "TensorBoard")  # the experiment: domains and metrics
 
 
+@pytest.mark.slow
 def test_a_prestarted_trial_process_trains_in_the_callers_folder(config, tiny_space, tmp_path,
                                                                   monkeypatch):
     """A MongoDB worker moves into a folder per job; the trial process started
@@ -307,4 +317,27 @@ def test_a_prestarted_trial_process_trains_in_the_callers_folder(config, tiny_sp
             assert result["status"] == "ok"
             assert (tmp_path / job / "TensorBoard" / result["model_name"]).is_dir()
     finally:
-        hyperopt_optimize.stop_spare_process()
+        trial_process.stop_spare()
+
+
+@pytest.mark.slow
+def test_trial_processes_print_no_tensorflow_startup_noise_and_one_data_notice(
+        clean_env, tmp_path, cifar_dir):
+    """Two trials in their own processes: TensorFlow's C++ start-up lines are
+    gone (the user has not set TF_CPP_MIN_LOG_LEVEL), the CPU is said once,
+    the archive notice is printed once per search, not once per trial."""
+    env = {k: v for k, v in clean_env.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = run(search_args(cifar_dir, "--max-evals", "2", "--isolated"), env, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    for noise in ("absl::InitializeLog", "oneDNN", "cudart_stub", "cuInit"):
+        assert noise not in output
+    assert output.count("not the official archive") == 1
+    assert output.count("No GPU found: trials train on the CPU.") == 1
+    assert "Trial 2/2" in output
+
+
+def test_flags_are_never_abbreviated(clean_env, tmp_path):
+    done = run(["--dataset", "100"], clean_env, tmp_path, script=SCRIPT, timeout=120)
+    assert done.returncode == 2
+    assert "unrecognized arguments: --dataset 100" in done.stderr

@@ -5,18 +5,26 @@ import os
 import pickle
 import re
 import shutil
+import types
 from pathlib import Path
 
 import pytest
 
+import mongo_search
 import utils
 
 ORIGINAL_RESULTS = Path(__file__).parent / "fixtures" / "original-results"
 
 
 def parse(argv, environ):
+    """The search's settings and its MongoDB driver's, from a command line and
+    variables, as hyperopt_optimize.main reads them (one object, to look at)."""
     import hyperopt_optimize
-    return utils.read_config(hyperopt_optimize.build_parser().parse_args(argv), environ)
+    import mongo_search
+    args = hyperopt_optimize.build_parser().parse_args(argv)
+    search = utils.read_settings(utils.SearchSettings, args, environ)
+    driver = utils.read_settings(mongo_search.DriverSettings, args, environ)
+    return types.SimpleNamespace(**vars(search), **vars(driver))
 
 
 def test_flag_wins_over_variable_which_wins_over_default():
@@ -91,7 +99,7 @@ def test_mongo_address_from_the_originals_variables():
                         "EXPERIMENT_NAME": "exp2"})
     assert config.mongo == "mongo://root:p%40ss%2Fw%3Ard@m:27018/x/jobs?authSource=admin"
     assert config.exp_key == "exp2"
-    assert utils.redact(config.mongo) == "mongo://root:***@m:27018/x/jobs?authSource=admin"
+    assert mongo_search.redact(config.mongo) == "mongo://root:***@m:27018/x/jobs?authSource=admin"
     assert parse(["--mongo", "a/b"], {"MONGO_DB_HOST": "m"}).mongo == "mongo://a:27017/b/jobs"
     assert parse([], {}).mongo is None
 
@@ -159,3 +167,29 @@ def test_to_plain_turns_numpy_into_python():
                             "d": float("nan"), "e": (1, 2)})
     assert plain == {"a": 0.5, "b": [3], "c": True, "d": None, "e": [1, 2]}
     assert type(plain["a"]) is float and type(plain["b"][0]) is int
+
+
+def unset(monkeypatch, *names):
+    """Remove variables for one test (set first, so that pytest puts them back)."""
+    for name in names:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
+def test_startup_noise_filter_keeps_every_other_line(monkeypatch, capfd):
+    unset(monkeypatch, "TF_CPP_MIN_LOG_LEVEL", utils.QUIET_MARK)
+    with utils.startup_noise_filtered():
+        os.write(2, b"I0000 cudart_stub.cc:31] Could not find cuda drivers on your machine\n"
+                    b"E0000 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)\n"
+                    b"E0000 something else went wrong\n")
+    assert capfd.readouterr().err == "E0000 something else went wrong\n"
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"  # hides INFO and WARNING, not errors
+
+
+def test_a_users_own_tensorflow_log_level_is_left_alone(monkeypatch, capfd):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    unset(monkeypatch, utils.QUIET_MARK)
+    with utils.startup_noise_filtered():
+        os.write(2, b"I0000 cudart_stub.cc:31] Could not find cuda drivers\n")
+    assert "cudart_stub" in capfd.readouterr().err
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"

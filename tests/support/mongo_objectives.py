@@ -1,22 +1,21 @@
 """Stand-in objectives for the MongoDB tests, cheap enough to run many trials.
 
 They run inside hyperopt_mongo_worker.py processes (the tests put this folder
-on the workers' PYTHONPATH), with the worker's own folders, like the real
-objective, and return a result of the real shape. What each does:
+on the workers' PYTHONPATH) through mongo_search.worker_objective, like the
+real objective: `config` holds the driver's settings and the worker's own
+folders. They return a result of the real shape. What each does:
   quick  - 0.5 s of "training", then a result;
   slow   - marks that it started (a file named after the worker's pid) and
            takes 4 s, so a test can kill the worker in the middle;
   poison - kills its worker (kill -9), as an out-of-memory kill would.
 """
 
-import dataclasses
 import os
 import signal
 import time
 import uuid
 from pathlib import Path
 
-import hyperopt_optimize
 import utils
 
 
@@ -29,7 +28,6 @@ def fake_result(hype_space, seconds):
 
 
 def finish(hype_space, config, seconds):
-    config = dataclasses.replace(config, **hyperopt_optimize.machine_settings)
     time.sleep(seconds)
     result = fake_result(hype_space, seconds)
     utils.save_json_result(result, config.results_dir)
@@ -41,8 +39,7 @@ def quick(hype_space, config):
 
 
 def slow(hype_space, config):
-    settings = hyperopt_optimize.machine_settings
-    Path(settings["results_dir"], f"started-{os.getpid()}-{time.time():.3f}").touch()
+    Path(config.results_dir, f"started-{os.getpid()}-{time.time():.3f}").touch()
     return finish(hype_space, config, 4.0)
 
 

@@ -5,14 +5,14 @@ Real pymongo 4 clients, in this process or in others, talk TCP to it on
 8.0, wire version 25). It lets the test suite run hyperopt's MongoTrials,
 MongoJobs, MongoWorker and GridFS on a machine without MongoDB, both in
 process (`start_server()`) and behind the fake `tests/bin/mongod` executable
-(`python tests/mongo_test_server.py --port N`).
+(`python tests/support/mongo_test_server.py --port N`).
 
 Use:
     server = start_server()            # in process, free port, daemon thread
     host, port = server.server_address
     ...
     server.shutdown()                  # also closes the open connections
-or  python tests/mongo_test_server.py [--host 127.0.0.1] [--port 27017]
+or  python tests/support/mongo_test_server.py [--host 127.0.0.1] [--port 27017]
     (prints one "listening" line on stdout; SIGTERM/SIGINT: exits 0 quietly)
 
 How it works: every command is translated into calls on one shared, in-memory

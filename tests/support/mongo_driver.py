@@ -1,12 +1,12 @@
 """Run the MongoDB driver (`hyperopt_optimize.main()`) with a stand-in
-objective: `python tests/mongo_search.py OBJECTIVE [driver flags]`, where
-OBJECTIVE is `train` (the real training, over tiny_search's small space) or
-one of tests/mongo_objectives.py. Everything else is the real driver."""
+objective: `python tests/support/mongo_driver.py OBJECTIVE [driver flags]`,
+where OBJECTIVE is `train` (the real training, over tiny_search's small space)
+or one of mongo_objectives.py. Everything else is the real driver."""
 
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import hyperopt_optimize  # noqa: E402
 import mongo_objectives  # noqa: E402

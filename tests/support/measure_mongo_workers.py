@@ -1,11 +1,11 @@
 """Not a test: measures how many trials per minute 1 and 2 MongoDB workers
 finish, with real (tiny) training, through the wire-protocol test server.
 
-    .venv/bin/python tests/measure_mongo_workers.py [TRIALS]
+    .venv/bin/python tests/support/measure_mongo_workers.py [TRIALS]
 
 For each worker count: start the test server's database afresh, the workers
 (given 15 s to import TensorFlow and check the data), then the driver
-(tests/mongo_search.py train: the tiny space, 1 epoch, 400 + 100 fake
+(mongo_driver.py train: the tiny space, 1 epoch, 400 + 100 fake
 CIFAR-100 images, --queue-len 2), and read the trials' book and finish times
 back from MongoDB. Prints one JSON line per worker count.
 """
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pymongo
 
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
-sys.path[:0] = [str(ROOT), str(TESTS)]
+SUPPORT = Path(__file__).resolve().parent
+ROOT = SUPPORT.parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-import fake_cifar100  # noqa: E402
+import dataset  # noqa: E402
 from conftest import free_port, wait_for_mongo  # noqa: E402
 
 WORKER_START_SECONDS = 15
@@ -38,7 +38,7 @@ def measure(url, db, n_workers, n_trials, work, env):
         for i in range(n_workers)]
     time.sleep(WORKER_START_SECONDS)
     started = time.time()
-    subprocess.run([sys.executable, str(TESTS / "mongo_search.py"), "train", "--mongo", url,
+    subprocess.run([sys.executable, str(SUPPORT / "mongo_driver.py"), "train", "--mongo", url,
                     "--exp-key", "m", "--epochs", "1", "--no-plots", "--max-evals", str(n_trials),
                     "--queue-len", "2", "--seed", "0"],
                    cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -59,12 +59,12 @@ def measure(url, db, n_workers, n_trials, work, env):
 def main():
     n_trials = int(sys.argv[1]) if len(sys.argv) > 1 else 6
     work = Path(tempfile.mkdtemp(prefix="hks_measure_"))
-    fake_cifar100.write_archive(work / "cifar-100-python.tar.gz", 400, 100)
+    dataset.write_synthetic_archive(work / "cifar-100-python.tar.gz", 400, 100)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HKS_", "MONGO_DB_"))}
-    env.update(PYTHONPATH=str(TESTS), HKS_OFFLINE="1", HKS_HEARTBEAT="1", HKS_POLL_INTERVAL="1",
+    env.update(PYTHONPATH=str(SUPPORT), HKS_OFFLINE="1", HKS_HEARTBEAT="1", HKS_POLL_INTERVAL="1",
                TF_CPP_MIN_LOG_LEVEL="3", KERAS_HOME=str(work / "keras_home"))
     port = free_port()
-    server = subprocess.Popen([sys.executable, str(TESTS / "mongo_test_server.py"),
+    server = subprocess.Popen([sys.executable, str(SUPPORT / "mongo_test_server.py"),
                                "--port", str(port)], stdout=subprocess.DEVNULL)
     try:
         wait_for_mongo(f"mongodb://127.0.0.1:{port}")

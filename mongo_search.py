@@ -1,0 +1,361 @@
+"""The search over MongoDB: the driver that queues trials for
+hyperopt_mongo_worker.py processes on any number of machines, follows them,
+puts back in the queue the trials of workers that died, and gives up a trial
+that kills every worker it lands on.
+
+hyperopt_optimize.py --mongo hands over to `run_driver`; the workers use
+`requeue_update` (one change for every way a trial goes back in the queue)
+and run each trial through `worker_objective`, which gives the trial the
+worker's own folders. Also here: the settings of the driver and the workers,
+and MongoDB addresses (parsing, and printing them without the password).
+Nothing here imports Keras: queueing trials starts in a second.
+"""
+
+import dataclasses
+import datetime
+import functools
+import sys
+import urllib.parse
+
+import numpy as np
+from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_RUNNING
+
+import utils
+
+MONGO_DEFAULT_PORT = 27017
+MONGO_DEFAULT_DB = "hyperopt"
+MONGO_JOBS_COLLECTION = "jobs"
+# hyperopt's MongoJobs.update writes to {_id, version v} and then checks that
+# {_id, version v+1} exists: a jump of 2 makes both fail for a worker whose
+# trial was taken away, so its late result never lands on the requeued trial.
+VERSION_BUMP = 2
+
+
+# ------------------------------------------------------ addresses ----
+
+def mongo_url(text):
+    """A MongoDB address as hyperopt's MongoTrials wants it:
+    `mongo://[user:password@]host:port/db/jobs[?authSource=db]`. Accepts
+    `HOST[:PORT][/DB]` (port 27017 and database `hyperopt` by default),
+    `mongodb://[user:password@]HOST[:PORT]/DB[?authSource=db]` (user and
+    password percent-encoded, as in any MongoDB URL) and hyperopt's own
+    `mongo://HOST:PORT/DB/jobs`. Raises ValueError with the reason."""
+    text = str(text).strip()
+    shown = repr(redact(text))  # never print a password
+    example = "expected HOST:PORT/DB or mongodb://USER:PASSWORD@HOST:PORT/DB?authSource=admin"
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "mongodb", text
+    if scheme not in ("mongodb", "mongo"):
+        raise ValueError(f"{shown}: scheme {scheme}:// is not supported ({example}; "
+                         "mongodb+srv:// and ssh tunnels are not)")
+    parts = urllib.parse.urlsplit("//" + rest)
+    if "," in parts.netloc:
+        raise ValueError(f"{shown}: one host only; hyperopt cannot use a replica-set list")
+    try:
+        port = parts.port or MONGO_DEFAULT_PORT
+    except ValueError:
+        raise ValueError(f"{shown}: the port is not a number from 1 to 65535") from None
+    path = [p for p in parts.path.split("/") if p]
+    if path[1:] == [MONGO_JOBS_COLLECTION]:
+        path = path[:1]
+    path = path or [MONGO_DEFAULT_DB]
+    if not parts.hostname or len(path) != 1:
+        raise ValueError(f"{shown}: {example}")
+    database = path[0]
+    if any(c in database for c in ' ."$\\') or len(database) > 63:
+        raise ValueError(f"{shown}: {database!r} is not a valid MongoDB database name")
+    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"authSource"})
+    if unknown:
+        raise ValueError(f"{shown}: unsupported option(s) {', '.join(unknown)}; only "
+                         "authSource is understood")
+    if parts.password is not None and not parts.username:
+        raise ValueError(f"{shown}: a password needs a user name")
+    auth = ""
+    if parts.username:
+        auth = parts.username + (f":{parts.password}" if parts.password is not None else "") + "@"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    tail = f"?authSource={query['authSource'][-1]}" if query.get("authSource") else ""
+    return f"mongo://{auth}{host}:{port}/{database}/{MONGO_JOBS_COLLECTION}{tail}"
+
+
+def mongo_url_from_parts(environ):
+    """The original's variables: MONGO_DB_HOST (and MONGO_DB_PORT, MONGO_DB_NAME,
+    MONGO_DB_USER, MONGO_DB_PASSWORD, MONGO_DB_AUTH_SOURCE) make a --mongo
+    address: (where it came from, the address), or None without MONGO_DB_HOST."""
+    host = environ.get("MONGO_DB_HOST", "").strip()
+    if not host:
+        return None
+    port = environ.get("MONGO_DB_PORT", "").strip() or MONGO_DEFAULT_PORT
+    database = environ.get("MONGO_DB_NAME", "").strip() or MONGO_DEFAULT_DB
+    user = environ.get("MONGO_DB_USER", "")
+    auth, tail = "", ""
+    if user:
+        password = environ.get("MONGO_DB_PASSWORD", "")
+        quote = functools.partial(urllib.parse.quote, safe="")
+        auth = quote(user) + (f":{quote(password)}" if password else "") + "@"
+        tail = "?authSource=" + (environ.get("MONGO_DB_AUTH_SOURCE", "") or "admin")
+    return ("MONGO_DB_HOST/MONGO_DB_PORT/MONGO_DB_NAME",
+            f"mongodb://{auth}{host}:{port}/{database}{tail}")
+
+
+def redact(url):
+    """A MongoDB URL fit to print: the password replaced by ***."""
+    parts = urllib.parse.urlsplit(url if "://" in url else "//" + url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+# ------------------------------------------------------- settings ----
+
+def mongo_setting():
+    return utils.setting(
+        None, "--mongo", "HKS_MONGO", mongo_url,
+        "the search's MongoDB (the driver then queues trials for workers): "
+        "HOST:PORT/DB or mongodb://USER:PASSWORD@HOST:PORT/DB?authSource=admin; "
+        "without HKS_MONGO, MONGO_DB_HOST (+ MONGO_DB_PORT, MONGO_DB_NAME, "
+        "MONGO_DB_USER, MONGO_DB_PASSWORD) make one", fallback=mongo_url_from_parts)
+
+
+def exp_key_setting():
+    return utils.setting("hyperopt_keras_cifar100", "--exp-key", "EXPERIMENT_NAME", str,
+                         "name of the experiment in MongoDB; the same name resumes it")
+
+
+@dataclasses.dataclass
+class DriverSettings:
+    """What hyperopt_optimize.py --mongo reads on top of the search's."""
+
+    mongo: str | None = mongo_setting()
+    exp_key: str = exp_key_setting()
+    queue_len: int = utils.setting(
+        4, "--queue-len", "HKS_QUEUE_LEN", utils.positive_int,
+        "trials kept queued for idle workers (about the number of workers; more "
+        "makes TPE suggest with less feedback)")
+    stale_after: float = utils.setting(
+        120.0, "--stale-after", "HKS_STALE_AFTER", utils.positive_number,
+        "seconds without a worker heartbeat after which a running trial is put "
+        "back in the queue (several worker heartbeats)")
+    max_requeues: int = utils.setting(
+        2, "--max-requeues", "HKS_MAX_REQUEUES", utils.non_negative_int,
+        "a trial whose worker died this many times more is given up (marked as an "
+        "error) instead of being queued again")
+
+
+@dataclasses.dataclass
+class WorkerSettings(utils.MachineSettings):
+    """What hyperopt_mongo_worker.py reads: this machine's folders (its own,
+    whatever the driver's are), and how it takes trials. How a trial trains
+    (epochs, data set size, ...) comes from the driver."""
+
+    mongo: str | None = mongo_setting()
+    exp_key: str = exp_key_setting()
+    poll_interval: float = utils.setting(
+        2.0, "--poll-interval", "HKS_POLL_INTERVAL", utils.positive_number,
+        "seconds between looks for a queued trial (randomised below this)")
+    reserve_timeout: float | None = utils.setting(
+        None, "--reserve-timeout", "HKS_RESERVE_TIMEOUT", utils.seconds_or_forever,
+        "exit after this many seconds without a queued trial (0: wait forever)")
+    last_job_timeout: float | None = utils.setting(
+        None, "--last-job-timeout", "HKS_LAST_JOB_TIMEOUT", utils.seconds_or_forever,
+        "take no new trial once this many seconds have passed")
+    max_consecutive_failures: int = utils.setting(
+        4, "--max-consecutive-failures", "HKS_MAX_CONSECUTIVE_FAILURES", utils.positive_int,
+        "exit after this many trials in a row could not run")
+    max_jobs: int | None = utils.setting(
+        None, "--max-jobs", "HKS_MAX_JOBS", utils.positive_int,
+        "exit after running this many trials (default: no limit)")
+    workdir: str | None = utils.setting(
+        None, "--workdir", "HKS_WORKDIR", str,
+        "folder trials run in (TensorBoard/ and weights/ land there; default: the "
+        "current folder)")
+    heartbeat: float = utils.setting(
+        10.0, "--heartbeat", "HKS_HEARTBEAT", utils.positive_number,
+        "seconds between the worker's signs of life for its running trial")
+
+
+# ----------------------------------------------------- the driver ----
+
+def run_driver(search, driver, objective, space, warm_start):
+    """hyperopt_optimize.py --mongo: queue trials of `space` for the workers
+    and follow them until --max-evals trials are finished or given up (or
+    forever). `objective(hype_space, trial_settings)` is what the workers run;
+    `warm_start(trials, folder)` adds result files as trials. Returns the
+    exit code, having said what happened in one line."""
+    import pymongo.errors
+    try:
+        trials = queue_and_follow(search, driver, objective, space, warm_start)
+    except KeyboardInterrupt:
+        print("\nInterrupted. The trials stay in MongoDB: workers finish those they "
+              "are running and the queued ones wait. Run the same command again to "
+              "resume.", file=sys.stderr)
+        return utils.EXIT_INTERRUPTED
+    except MongoLost as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except pymongo.errors.PyMongoError as err:
+        print(f"error: lost MongoDB at {redact(driver.mongo)} ({err}). The experiment "
+              "is safe in the database: run the same command again once MongoDB is "
+              "back.", file=sys.stderr)
+        return 1
+    counts = job_counts(trials.handle.jobs, driver.exp_key)
+    print(f"Done: experiment {driver.exp_key!r} has {describe_counts(counts)}. Each "
+          "trial's JSON is in the results folder of the worker that ran it.")
+    return 0
+
+
+class MongoLost(Exception):
+    """MongoDB cannot be reached or refuses us; the message says what to check."""
+
+
+def queue_and_follow(search, driver, objective, space, warm_start):
+    """The driver's work: open the experiment, queue with TPE, follow the
+    workers. Returns the MongoTrials."""
+    import mongo_compat
+    from hyperopt import fmin, tpe
+    from hyperopt.exceptions import AllTrialsFailed
+    from hyperopt.mongoexp import MongoTrials
+    try:
+        trials = MongoTrials(mongo_compat.open_jobs(driver.mongo), exp_key=driver.exp_key)
+    except mongo_compat.MongoUnavailable as err:
+        raise MongoLost(str(err)) from None
+    # hyperopt's trial-id counter, created here so that ids start at 0 (created
+    # by its first use, hyperopt warns and skips ahead).
+    trials.handle.db.job_ids.update_one({"a": 0}, {"$setOnInsert": {"last_id": 0}},
+                                        upsert=True)
+    if search.warm_start:
+        print(f"Warm start: added {warm_start(trials, search.warm_start)} trials from "
+              f"{search.warm_start}/.")
+    counts = job_counts(trials.handle.jobs, driver.exp_key)
+    print(f"Experiment {driver.exp_key!r} in MongoDB at {redact(driver.mongo)}: "
+          + describe_counts(counts) + ". Start workers with: python3 "
+          f"hyperopt_mongo_worker.py --mongo ... --exp-key {driver.exp_key}", flush=True)
+    given_up = counts[JOB_STATE_ERROR]
+    target = sys.maxsize if search.max_evals is None else search.max_evals - given_up
+    # Seeded by how many trials exist, so a resumed search does not redraw the first ones.
+    rstate = np.random.default_rng(None if search.seed is None
+                                   else [search.seed, sum(counts.values())])
+    # What shapes a trial travels to the workers inside the pickled objective:
+    # the trial's settings only, never the address (and its password).
+    on_worker = functools.partial(worker_objective, objective,
+                                  utils.subset(utils.TrialSettings, search))
+    follow = follow_workers(search, driver, trials)
+    try:
+        fmin(on_worker, space, algo=tpe.suggest, trials=trials, max_evals=target,
+             max_queue_len=driver.queue_len, rstate=rstate, early_stop_fn=follow,
+             pass_expr_memo_ctrl=True, show_progressbar=False, return_argmin=False)
+    except AllTrialsFailed:
+        pass  # hyperopt 0.3.0 raises this at the end when no trial succeeded
+    follow(trials)
+    return trials
+
+
+def worker_objective(objective, settings, expr, memo, ctrl):
+    """What a worker runs for one trial (hyperopt calls it with the space's
+    expression, its memo of drawn values and the trial's control): the
+    hyperspace drawn, trained by `objective` with the driver's `settings` but
+    this worker's own folders, which hyperopt_mongo_worker.py hands over as
+    `machine` on the job handle that hyperopt gives back here. Under
+    hyperopt's own hyperopt-mongo-worker there is none: the driver's stay."""
+    from hyperopt import pyll
+    hype_space = pyll.rec_eval(expr, memo=memo)
+    machine = getattr(ctrl.trials.handle, "machine", None)
+    if machine is not None:
+        settings = dataclasses.replace(settings, **dataclasses.asdict(machine))
+    return objective(hype_space, settings)
+
+
+def job_counts(jobs, exp_key):
+    """How many of the experiment's trials are in each hyperopt job state."""
+    return {state: jobs.count_documents({"exp_key": exp_key, "state": state})
+            for state in (JOB_STATE_NEW, JOB_STATE_RUNNING, JOB_STATE_DONE, JOB_STATE_ERROR)}
+
+
+def describe_counts(counts):
+    if not any(counts.values()):
+        return "new experiment"
+    return (f"{counts[JOB_STATE_DONE]} trials finished, {counts[JOB_STATE_RUNNING]} "
+            f"running, {counts[JOB_STATE_NEW]} queued, {counts[JOB_STATE_ERROR]} given up")
+
+
+def follow_workers(search, driver, trials):
+    """The function fmin calls after each poll of MongoDB (as its
+    early_stop_fn; it never stops the search): requeue the trials of dead
+    workers, print each newly finished trial."""
+    jobs = trials.handle.jobs
+    reported = {t["tid"] for t in trials.trials if t["state"] == JOB_STATE_DONE}
+    failed = {job["tid"] for job in jobs.find(
+        {"exp_key": driver.exp_key, "state": JOB_STATE_ERROR}, projection=["tid"])}
+    of = f"/{search.max_evals}" if search.max_evals else ""
+
+    def follow(trials, *_):
+        for message in requeue_stale_jobs(jobs, driver):
+            print(message, flush=True)
+        for job in jobs.find({"exp_key": driver.exp_key, "state": JOB_STATE_ERROR,
+                              "tid": {"$nin": sorted(failed)}}):
+            failed.add(job["tid"])
+            if job.get("error", [""])[0] != "WorkerLost":  # those were printed above
+                print(f"Trial {job['tid'] + 1}: could not run on {job.get('owner')}: "
+                      f"{': '.join(map(str, job.get('error', ['unknown error'])))}",
+                      flush=True)
+        finished = [t for t in trials.trials
+                    if t["state"] == JOB_STATE_DONE and t["tid"] not in reported]
+        if finished:
+            best = utils.best_trial(trials) or False
+            for trial in sorted(finished, key=lambda t: t["refresh_time"]):
+                reported.add(trial["tid"])
+                seconds = ((trial["refresh_time"] - trial["book_time"]).total_seconds()
+                           if trial.get("book_time") and trial.get("refresh_time") else 0.0)
+                print(utils.progress_line(
+                    trial["result"], trial["tid"] + 1, seconds, best=best,
+                    where=f" on {trial['owner']}, {len(reported)}{of} finished"), flush=True)
+        return False, []
+    return follow
+
+
+def requeue_update(count_requeue=True):
+    """The change that puts a running trial back in the queue, for the driver
+    (a dead worker's trial: counted in `requeue_count`) and for a worker that
+    is stopped (not counted). It bumps the version by VERSION_BUMP, so a
+    worker that was only slow cannot write over the trial later."""
+    increments = {"version": VERSION_BUMP}
+    if count_requeue:
+        increments["requeue_count"] = 1
+    return {"$set": {"state": JOB_STATE_NEW, "owner": None, "book_time": None,
+                     "refresh_time": None},
+            "$unset": {"error": ""},
+            "$inc": increments}
+
+
+def requeue_stale_jobs(jobs, driver, now=None):
+    """Running trials whose worker sent no heartbeat for --stale-after seconds
+    (killed, machine gone) go back to the queue; a trial that has already
+    been requeued --max-requeues times is given up (state error, with the
+    reason) so that one that kills every worker cannot loop forever. Returns
+    one message per change."""
+    now = now or jobs.database.command("hello")["localTime"]  # the server's clock, as heartbeats
+    cutoff = now - datetime.timedelta(seconds=driver.stale_after)
+    messages = []
+    stale = jobs.find({"exp_key": driver.exp_key, "state": JOB_STATE_RUNNING,
+                       "refresh_time": {"$lt": cutoff}})
+    for job in list(stale):
+        silent = (now - job["refresh_time"]).total_seconds()
+        requeues = job.get("requeue_count", 0)
+        lost = f"trial {job['tid'] + 1}: worker {job['owner']} silent for {silent:.0f} s"
+        if requeues >= driver.max_requeues:
+            reason = (f"given up: its worker died or stopped responding {requeues + 1} "
+                      f"times (--max-requeues {driver.max_requeues}); the last was "
+                      f"{job['owner']}. Out of memory is the usual cause.")
+            change = {"$set": {"state": JOB_STATE_ERROR, "error": ["WorkerLost", reason]},
+                      "$inc": {"version": VERSION_BUMP}}
+            message = f"{lost}: {reason}"
+        else:
+            change = requeue_update()
+            message = f"{lost}: put back in the queue ({requeues + 1}/{driver.max_requeues})"
+        # Only if nothing changed since we looked (a late heartbeat wins).
+        unchanged = {key: job[key] for key in ("_id", "state", "owner", "refresh_time")}
+        if jobs.update_one(unchanged, change).modified_count:
+            messages.append(message)
+    return messages

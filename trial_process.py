@@ -1,0 +1,192 @@
+"""Where a trial trains: in a process of its own (the default), or in the
+caller's process (--in-process).
+
+TensorFlow keeps every traced graph until its process ends (about 15 MB a
+trial even after clear_session), and a trial killed for using too much memory
+must not take the search along: so each trial trains in a fresh process. Its
+imports (TensorFlow takes about 8 s) are paid while the trial before trains:
+every trial starts the process of the next one (the spare).
+
+    result = train_in_child(hype_space, settings)   # a result dict, never raises
+    stop_spare()                                     # when the search is over
+
+Both train functions turn any error into a failed result, except a missing
+data set (dataset.DatasetError: every trial would fail) and Ctrl-C.
+"""
+
+import dataclasses
+import gc
+import multiprocessing
+import multiprocessing.connection
+import os
+import sys
+import threading
+
+import utils
+
+# neural_net (Keras, TensorFlow: seconds) is imported by the trial process and
+# by train_here, not by whoever merely imports this module.
+
+
+@dataclasses.dataclass
+class TrialProcess:
+    """A child process waiting for one trial: `tasks` sends it the trial,
+    `results` receives ("ready" | "result" | "dataset_error", payload)."""
+    process: multiprocessing.Process
+    tasks: multiprocessing.connection.Connection
+    results: multiprocessing.connection.Connection
+
+    def close(self):
+        """End the process (a waiting one reads end-of-file and exits)."""
+        self.tasks.close()
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join()
+        self.results.close()
+
+
+_spare = None  # the TrialProcess prestarted for the next trial, or None
+
+
+def train_here(hype_space, settings, called_at=None, data_notices=True):
+    """Train one model in this process and free it; errors become failed results."""
+    import keras
+    import neural_net
+    try:
+        model, _, result = neural_net.build_and_train(hype_space, config=settings,
+                                                      called_at=called_at,
+                                                      data_notices=data_notices)
+        del model
+    except neural_net.DatasetError:
+        raise
+    except Exception as err:  # a bad architecture, out of memory, ...
+        result = neural_net.failure_result(hype_space, err)
+    finally:
+        keras.backend.clear_session()
+        gc.collect()
+    return result
+
+
+def train_in_child(hype_space, settings, called_at=None):
+    """Train one model in a trial process (the spare started during the
+    previous trial, or a new one), starting the next trial's spare meanwhile.
+    A trial process that dies (out-of-memory killer) is a failed result."""
+    global _spare
+    import dataset
+    task = (hype_space, settings, called_at, os.getcwd())  # a MongoDB worker moves per job
+    trial = take_spare()
+    try:
+        trial.tasks.send(task)
+    except OSError:  # the spare died while it waited (broken pipe): start afresh
+        trial.close()
+        trial = start()
+        trial.tasks.send(task)
+    try:
+        _spare = start()
+        kind, payload = receive_result(trial.results)
+    except EOFError:  # the child died without answering
+        trial.process.join()
+        trial.close()
+        if trial.process.exitcode == utils.EXIT_INTERRUPTED:  # Ctrl-C reached it first
+            raise KeyboardInterrupt from None
+        return died_result(hype_space, trial.process.exitcode)
+    except BaseException:  # Ctrl-C: do not leave processes training or waiting
+        trial.process.terminate()
+        trial.close()
+        stop_spare()
+        raise
+    trial.close()
+    if kind == "dataset_error":
+        raise dataset.DatasetError(payload)
+    return payload
+
+
+def died_result(hype_space, exitcode):
+    import neural_net
+    return neural_net.failure_result(hype_space, ChildProcessError(
+        f"the trial's process died with exit code {exitcode} (a negative code is the "
+        "signal that killed it: -9 is usually the out-of-memory killer)"))
+
+
+def start():
+    """A fresh process that imports neural_net, says "ready", then waits for one trial."""
+    context = multiprocessing.get_context("spawn")
+    task_receive, task_send = context.Pipe(duplex=False)
+    result_receive, result_send = context.Pipe(duplex=False)
+    child = context.Process(target=child_main, args=(task_receive, result_send),
+                            name="hks-trial", daemon=True)
+    child.start()
+    task_receive.close()
+    result_send.close()
+    return TrialProcess(child, task_send, result_receive)
+
+
+def take_spare():
+    """The prestarted trial process if it is still alive, else a new one."""
+    global _spare
+    spare, _spare = _spare, None
+    if spare is not None and spare.process.is_alive():
+        return spare
+    if spare is not None:
+        spare.close()
+    return start()
+
+
+def has_spare():
+    """Whether a prestarted trial process is waiting."""
+    return _spare is not None
+
+
+def wait_for_spare(timeout=120.0):
+    """Wait until the spare trial process has done its imports (benchmark)."""
+    if _spare is not None:
+        multiprocessing.connection.wait([_spare.results], timeout)
+
+
+def stop_spare():
+    """End the spare trial process, if any (the search is over)."""
+    global _spare
+    if _spare is not None:
+        _spare.close()
+        _spare = None
+
+
+def receive_result(results):
+    """The trial's ("result" | "dataset_error", payload), skipping "ready"."""
+    while True:
+        kind, payload = results.recv()
+        if kind != "ready":
+            return kind, payload
+
+
+def child_main(task_receive, result_send):
+    """What a trial's process runs: import, say so, wait for the trial, train
+    it, send the result back."""
+    threading.Thread(target=exit_with_parent, daemon=True).start()
+    try:
+        import neural_net
+        result_send.send(("ready", None))
+        try:
+            hype_space, settings, called_at, cwd = task_receive.recv()
+        except EOFError:  # the search ended without needing this process
+            return
+        os.chdir(cwd)  # TensorBoard/ and weights/ are relative to the trial's folder
+        try:
+            # The search process has told the user about the data set once already.
+            result_send.send(("result", train_here(hype_space, settings, called_at,
+                                                   data_notices=False)))
+        except neural_net.DatasetError as err:
+            result_send.send(("dataset_error", str(err)))
+    except (KeyboardInterrupt, BrokenPipeError):
+        sys.exit(utils.EXIT_INTERRUPTED)  # quietly: the search process reports it
+    finally:
+        result_send.close()
+        sys.stdout.flush()
+
+
+def exit_with_parent():
+    """In a trial's process: stop when the search process is gone (kill -9),
+    instead of training on for nobody."""
+    multiprocessing.connection.wait([multiprocessing.parent_process().sentinel])
+    os._exit(utils.EXIT_INTERRUPTED)

@@ -37,8 +37,9 @@ results folder):
 TensorBoard's HParams dashboard (DIR/<model_name>/: its hyperparameters and
 final metrics), and the experiment (the hyperparameters' domains and the
 metrics) in DIR itself: `tensorboard --logdir DIR`, then the HPARAMS tab
-(tensorboard_hparams.py, which the search uses too). A hyperparameter that is
-null in some trial is conditional there: its value or 'none', as a string.
+(tensorboard_hparams.py, which the search uses too). A conditional
+hyperparameter (one the search space may leave out, or one null in some
+trial) is written as a string there: its value or 'none'.
 
 Exit codes: 0 done (also for a folder without results), 1 missing results
 folder or an output that cannot be written, 2 bad flags.
@@ -396,6 +397,16 @@ def write_output(path, data):
 
 # ------------------------------------------------- TensorBoard HParams ----
 
+def conditional_hparams(frame, hparams):
+    """The hyperparameters to write as conditional: those of the search space
+    (hyperopt_optimize.space, which imports no Keras), and any other that is
+    null in some trial of this folder (results of a changed space)."""
+    import hyperopt_optimize
+    nullable = {name for name in hparams if frame[name].isna().any()}
+    conditional = tensorboard_hparams.conditional_hparams(hyperopt_optimize.space)
+    return tuple(sorted(set(conditional) | nullable))
+
+
 def write_tensorboard(trials, log_dir, conditional):
     """--to-tensorboard: every successful trial, then the experiment."""
     results = [t["result"] for t in trials if t["result"].get("status") == "ok"]
@@ -491,9 +502,7 @@ def analyse(trials, skipped, args):
     print(f"Wrote {', '.join(written)} in {out_dir}/")
 
     if args.to_tensorboard:
-        # The conditional hyperparameters: those null in some trial of this folder.
-        nullable = tuple(sorted(name for name in hparams if frame[name].isna().any()))
-        write_tensorboard(trials, args.to_tensorboard, nullable)
+        write_tensorboard(trials, args.to_tensorboard, conditional_hparams(frame, hparams))
     print(summary_line(frame, ok, skipped))
 
 

@@ -11,6 +11,7 @@ everywhere). Nothing here imports Keras.
 """
 
 import hashlib
+import http.client
 import io
 import os
 import pickle
@@ -92,7 +93,8 @@ def download_cifar100(data_dir, keras_home, offline):
           f"{CIFAR100_URL} into {target.parent}/ ...", flush=True)
     try:
         download(CIFAR100_URL, target, CIFAR100_SHA256)
-    except OSError as err:  # no network, proxy, disk full: all the same to the user
+    except (OSError, http.client.HTTPException) as err:  # no network, a dropped
+        # connection, a proxy, a full disk: all the same to the user
         raise DatasetError(f"CIFAR-100 not found and the download failed "
                            f"({type(err).__name__}: {err}). To fix: {where}.") from None
     return target
@@ -100,16 +102,22 @@ def download_cifar100(data_dir, keras_home, offline):
 
 def download(url, target, sha256):
     """Fetch `url` into `target` (a partial file until it is whole and its
-    SHA-256 is `sha256`, so an interrupted download leaves nothing behind)."""
+    SHA-256 is `sha256`, so an interrupted download leaves nothing behind),
+    saying how far it got every tenth of the way."""
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
                 url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            total, done, said = int(response.headers.get("Content-Length") or 0), 0, 0
             for block in iter(lambda: response.read(1 << 20), b""):
                 digest.update(block)
                 out.write(block)
+                done += len(block)
+                if total and done * 10 // total > said:
+                    said = done * 10 // total
+                    print(f"  {done / 2**20:.0f} of {total / 2**20:.0f} MiB", flush=True)
         if digest.hexdigest() != sha256:
             raise OSError(f"the downloaded file's SHA-256 is {digest.hexdigest()[:12]}..., "
                           "not the official archive's")

@@ -119,7 +119,8 @@ def optimize_cnn(hype_space, config):
         utils.save_json_result(result, config.results_dir)
     except OSError as err:
         print(f"warning: could not write the result of {result['model_name']} to "
-              f"{config.results_dir}/ ({err}); the search's trials still hold it.")
+              f"{config.results_dir}/ ({err}); it is still kept with the search's trials "
+              "(--trials-file, or MongoDB).")
     if config.tensorboard and result.get("status") == "ok":
         tensorboard_hparams.log_trial(result, utils.TENSORBOARD_DIR, config.results_dir,
                                       tensorboard_hparams.conditional_hparams(space))

@@ -8,6 +8,7 @@ and returns `(model, model_name, result)`. Only Keras 3 APIs are used, so
 """
 
 import contextlib
+import importlib.util
 import resource
 import shutil
 import sys
@@ -194,8 +195,14 @@ def gpu_compute_capability():
 
 def device_line():
     """One line saying where trials train, for the search to print once.
-    Under JAX the devices are not looked at (that would take the GPU's memory
-    in a process that trains nothing)."""
+    Under JAX the devices are not opened (that would take the GPU's memory in
+    a process that trains nothing): a GPU needs JAX's CUDA plugin and an
+    NVIDIA driver."""
+    if keras.backend.backend() == "jax":
+        plugin = any(importlib.util.find_spec(f"jax_cuda{v}_plugin") for v in (12, 13))
+        if plugin and Path(utils.NVIDIA_DRIVER).exists():
+            return "Trials train on the GPU (JAX with CUDA)."
+        return "No GPU found: trials train on the CPU."
     if keras.backend.backend() != "tensorflow":
         return f"Keras {keras.__version__} on {keras.backend.backend()}: each trial finds its devices."
     if not _gpus:

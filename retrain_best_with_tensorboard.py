@@ -30,8 +30,10 @@ import utils
 # neural_net imports Keras and TensorFlow (seconds): imported once the inputs
 # are known to be good, so mistakes are answered at once.
 
-# The flags it takes (of utils.TrialSettings; the other settings come from their variables).
-RETRAIN_OPTIONS = ["epochs", "dataset_size", "data_dir", "results_dir", "val_split", "offline"]
+# The settings it reads, of utils.TrialSettings (KERAS_HOME has no flag); the others keep
+# their defaults.
+RETRAIN_OPTIONS = ["epochs", "dataset_size", "data_dir", "results_dir", "val_split", "offline",
+                   "keras_home"]
 HISTOGRAM_FREQ = 1  # weight histograms every epoch
 
 
@@ -133,7 +135,8 @@ def report(result, weights, space_file, logs):
 
 def main(argv=None):
     parser = build_parser()
-    args, (config,) = utils.parse_or_exit(parser, [utils.TrialSettings], argv)
+    args, (config,) = utils.parse_or_exit(parser, [utils.TrialSettings], argv,
+                                          only=RETRAIN_OPTIONS)
     try:
         hype_space, source = choose_hyperspace(args, config)
     except RetrainError as err:

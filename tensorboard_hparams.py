@@ -72,9 +72,10 @@ def write_hparams_run(result, log_dir, conditional=()):
     """Write one successful trial to log_dir/<model_name>/ for TensorBoard's
     HParams dashboard: its hyperparameters (hparams_of) and its final metrics
     as scalars. Writing the same trial again replaces its file. Returns the
-    run folder, or None for a failed trial (nothing is written)."""
+    run folder, or None for a failed trial or one without a `space` (nothing
+    is written)."""
     from tensorboard.plugins.hparams import summary_v2
-    if result.get("status") != "ok":
+    if result.get("status") != "ok" or not isinstance(result.get("space"), dict):
         return None
     run_dir = Path(log_dir) / Path(str(result["model_name"])).name
     epochs = result.get("epochs")
@@ -95,7 +96,7 @@ def write_hparams_experiment(log_dir, results, conditional=()):
     Returns the number of hyperparameters. Without a successful result it
     writes nothing (an empty experiment would hide the runs' hyperparameters)."""
     from tensorboard.plugins.hparams import summary_v2 as hp
-    results = [r for r in results if r.get("status") == "ok"]
+    results = [r for r in results if r.get("status") == "ok" and isinstance(r.get("space"), dict)]
     if not results:
         return 0
     seen = {}

@@ -7,7 +7,7 @@ must not take the search along: so each trial trains in a fresh process. Its
 imports (TensorFlow takes about 8 s) are paid while the trial before trains:
 every trial starts the process of the next one (the spare).
 
-    result = train_in_child(hype_space, settings)   # a result dict, never raises
+    result = train_in_child(hype_space, settings)   # a result dict
     stop_spare()                                     # when the search is over
 
 Both train functions turn any error into a failed result, except a missing

@@ -200,6 +200,9 @@ class SearchSettings(TrialSettings):
         "already in the search are not added twice")
 
 
+Config = SearchSettings  # the name scripts written for earlier versions use
+
+
 def options_of(kind):
     """{field name: Option} of a settings class."""
     return {f.name: f.metadata["option"] for f in dataclasses.fields(kind)
@@ -239,12 +242,15 @@ def add_options(parser, *kinds, only=None):
                                     help=help_text)
 
 
-def read_settings(kind, args=None, environ=None):
+def read_settings(kind, args=None, environ=None, only=None):
     """The one place where settings are read: a flag wins over its environment
-    variable, which wins over the default. Raises UsageError on a bad value."""
+    variable, which wins over the default (`only` these names, if given; the
+    others keep their defaults). Raises UsageError on a bad value."""
     environ = os.environ if environ is None else environ
     values = {}
     for name, option in options_of(kind).items():
+        if only and name not in only:
+            continue
         given = getattr(args, name, None) if args is not None else None
         if given is not None:
             source, raw = option.flag, given
@@ -292,13 +298,13 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parse_or_exit(parser, kinds, argv=None, environ=None):
+def parse_or_exit(parser, kinds, argv=None, environ=None, only=None):
     """Parse the command line and read one settings object per class in
-    `kinds`; a bad flag or variable ends the program with one line and exit
-    code 2. Returns (args, [settings, ...])."""
+    `kinds` (`only` the settings named, if given); a bad flag or variable ends
+    the program with one line and exit code 2. Returns (args, [settings, ...])."""
     args = parser.parse_args(argv)
     try:
-        return args, [read_settings(kind, args, environ) for kind in kinds]
+        return args, [read_settings(kind, args, environ, only) for kind in kinds]
     except UsageError as err:
         parser.error(str(err))
 
@@ -335,19 +341,24 @@ def quiet_tensorflow_logs():
 
 
 # Lines TensorFlow's C++ start-up writes to stderr whatever TF_CPP_MIN_LOG_LEVEL
-# says (they come before its logging is set up), and none of which asks
-# anything of the user; on a machine without a GPU, "failed call to cuInit" too.
+# says (they come before its logging is set up), none of which asks anything of
+# the user ("Unable to register cuDNN factory: ... already registered" is an
+# error line, and a harmless one)...
 STARTUP_NOISE = ("All log messages before absl::InitializeLog()", "oneDNN custom operations",
-                 "cudart_stub.cc", "failed call to cuInit", "cpu_feature_guard.cc",
-                 "To enable the following instructions", "Unable to register cu")
+                 "cudart_stub.cc", "cpu_feature_guard.cc", "To enable the following instructions",
+                 "Unable to register cu")
+# ...and on a machine without an NVIDIA driver, the error that CUDA found none.
+NO_DRIVER_NOISE = ("failed call to cuInit",)
+NVIDIA_DRIVER = "/proc/driver/nvidia"
 
 
 @contextlib.contextmanager
 def startup_noise_filtered():
     """Run the block (importing TensorFlow, finding its devices) with the
     process's stderr caught at the file-descriptor level, where C++ writes;
-    then write back every line that is not STARTUP_NOISE. Does nothing when
-    the user set TF_CPP_MIN_LOG_LEVEL: they want to see for themselves."""
+    then write back every line that is not noise (on a GPU machine, a failed
+    cuInit stays). Does nothing when the user set TF_CPP_MIN_LOG_LEVEL: they
+    want to see for themselves. (A crash inside the block loses what it wrote.)"""
     if not quiet_tensorflow_logs():
         yield
         return
@@ -362,8 +373,9 @@ def startup_noise_filtered():
             os.dup2(saved, 2)
             os.close(saved)
             caught.seek(0)
+            noise = STARTUP_NOISE + (() if os.path.exists(NVIDIA_DRIVER) else NO_DRIVER_NOISE)
             for line in caught.read().decode("utf-8", "replace").splitlines(keepends=True):
-                if not any(noise in line for noise in STARTUP_NOISE):
+                if not any(text in line for text in noise):
                     sys.stderr.write(line)
             sys.stderr.flush()
 

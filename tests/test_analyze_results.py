@@ -267,3 +267,27 @@ def test_command_line_exit_code(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert done.returncode == 1
     assert done.stderr.startswith("error: results folder") and "Traceback" not in done.stderr
+
+
+def test_conditional_hyperparameters_come_from_the_space_even_when_always_used(tmp_path):
+    """A folder whose trials all used residual blocks still writes `residual`
+    as a string, as the search's own --tensorboard does, so that both can
+    share one TensorBoard folder."""
+    results, tb = tmp_path / "results", tmp_path / "tb"
+    results.mkdir()
+    for uid, fine in (("ddddd", 0.31), ("eeeee", 0.32)):
+        result = own_result(uid, fine, 0.4, residual=2.0)
+        (results / f"{result['model_name']}.txt.json").write_text(json.dumps(result))
+    code, _, err = run_main(["--results-dir", str(results), "--to-tensorboard", str(tb)])
+    assert code == 0, err
+    hparams, _ = run_contents(tb / "model_0.310000_ddddd")
+    assert hparams["residual"] == "2" and hparams["one_more_fc"] == "1.25"
+
+
+def test_the_search_hparams_pass_over_a_result_without_space(tmp_path, capsys):
+    (tmp_path / "model_0.900000_bad00.txt.json").write_text('{"status": "ok", "loss": -0.9}')
+    good = own_result("fffff", 0.5, 0.6)
+    (tmp_path / f"{good['model_name']}.txt.json").write_text(json.dumps(good))
+    tensorboard_hparams.log_trial(good, tmp_path / "tb", tmp_path, CONDITIONAL)
+    assert "warning" not in capsys.readouterr().out
+    assert read_events(tmp_path / "tb") and run_contents(tmp_path / "tb" / good["model_name"])[0]

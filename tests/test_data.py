@@ -1,6 +1,9 @@
 """The CIFAR-100 loader on archives in the real format, and every way an
 archive can be broken."""
 
+import hashlib
+import http.client
+import io
 import pickle
 import shutil
 import tarfile
@@ -211,3 +214,47 @@ def test_not_an_archive_at_all(tmp_path):
     (tmp_path / "cifar-100-python.tar.gz").write_text("<html>404 Not Found</html>")
     with pytest.raises(neural_net.DatasetError, match="not a readable tar.gz"):
         load(tmp_path, tmp_path)
+
+
+class FakeResponse(io.BytesIO):
+    """What urllib.request.urlopen returns, serving `payload`."""
+
+    def __init__(self, payload):
+        super().__init__(payload)
+        self.headers = {"Content-Length": str(len(payload))}
+
+
+def test_download_lands_in_keras_cache_checked_against_the_official_sha256(
+        cifar_dir, tmp_path, monkeypatch, capsys):
+    payload = (cifar_dir / "cifar-100-python.tar.gz").read_bytes()
+    monkeypatch.setattr(dataset, "CIFAR100_SHA256", hashlib.sha256(payload).hexdigest())
+    monkeypatch.setattr(dataset.urllib.request, "urlopen",
+                        lambda url, timeout: FakeResponse(payload))
+    dataset.unload_cifar100()
+    (x, _, _), _ = dataset.load_cifar100(config=utils.SearchSettings(
+        data_dir=str(tmp_path), keras_home=str(tmp_path / "kh")))
+    assert x.shape == (N_TRAIN, 32, 32, 3)
+    archive = tmp_path / "kh" / "datasets" / "cifar-100-python.tar.gz"
+    assert archive.read_bytes() == payload
+    out = capsys.readouterr().out
+    assert "downloading" in out and "is the official archive" in out
+
+
+def test_a_download_that_is_not_the_official_archive_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(dataset.urllib.request, "urlopen",
+                        lambda url, timeout: FakeResponse(b"<html>captive portal</html>"))
+    dataset.unload_cifar100()
+    with pytest.raises(dataset.DatasetError, match="not the official archive's"):
+        dataset.load_cifar100(config=utils.SearchSettings(
+            data_dir=str(tmp_path), keras_home=str(tmp_path / "kh")))
+    assert list((tmp_path / "kh" / "datasets").iterdir()) == []
+
+
+def test_a_connection_dropped_mid_download_is_one_clear_error(tmp_path, monkeypatch):
+    def dropped(url, timeout):
+        raise http.client.IncompleteRead(b"partial")
+    monkeypatch.setattr(dataset.urllib.request, "urlopen", dropped)
+    dataset.unload_cifar100()
+    with pytest.raises(dataset.DatasetError, match="download failed .*IncompleteRead"):
+        dataset.load_cifar100(config=utils.SearchSettings(
+            data_dir=str(tmp_path), keras_home=str(tmp_path / "kh")))

@@ -155,7 +155,8 @@ def test_original_best_is_the_fallback_without_results(tmp_path):
     import hyperopt_optimize
     args = retrain_script.build_parser().parse_args(
         ["--original-best", "--results-dir", str(tmp_path)])
-    config = utils.read_settings(utils.TrialSettings, args, environ={})
+    config = utils.read_settings(utils.TrialSettings, args, environ={},
+                                 only=retrain_script.RETRAIN_OPTIONS)
     space, source = retrain_script.choose_hyperspace(args, config)
     assert space == hyperopt_optimize.SPACE_BEST_ORIGINAL and "original" in source
     write_result(tmp_path, 0.3, "ccccc", TINY_HYPE_SPACE)

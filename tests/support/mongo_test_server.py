@@ -4,7 +4,7 @@ Real pymongo 4 clients, in this process or in others, talk TCP to it on
 127.0.0.1 as if it were a standalone `mongod` (it reports itself as MongoDB
 8.0, wire version 25). It lets the test suite run hyperopt's MongoTrials,
 MongoJobs, MongoWorker and GridFS on a machine without MongoDB, both in
-process (`start_server()`) and behind the fake `tests/bin/mongod` executable
+process (`start_server()`) and behind the fake `tests/support/bin/mongod` executable
 (`python tests/support/mongo_test_server.py --port N`).
 
 Use:

@@ -4,6 +4,7 @@ seconds, and MongoDB (the test server of tests/support/, or a real one).
 The tests' helpers live in tests/support/, which is put on sys.path here."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +33,13 @@ TINY_HYPE_SPACE = {
     "conv_kernel_size": 3.0, "res_conv_kernel_size": 2.0, "fc_units_1_mult": 0.03,
     "one_more_fc": None, "activation": "relu",
 }
+
+
+def hear_ctrl_c():
+    """Popen's preexec_fn for a process that a test stops with SIGINT: a suite
+    started in the background of a script (`pytest &`) ignores SIGINT, every
+    process it starts inherits that, and Python then leaves Ctrl-C ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import time
 import pytest
 from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW
 
-from conftest import ROOT, SUPPORT
+from conftest import ROOT, SUPPORT, hear_ctrl_c
 
 
 @pytest.fixture
@@ -27,7 +27,8 @@ def start_driver(objective, mongo_url, env, log, *flags):
     return subprocess.Popen(
         [sys.executable, str(SUPPORT / "mongo_driver.py"), objective, "--mongo", mongo_url,
          "--exp-key", "exp", "--epochs", "1", "--no-plots", *flags],
-        cwd=log.parent, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        cwd=log.parent, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+        preexec_fn=hear_ctrl_c)
 
 
 def start_worker(mongo_url, env, folder, cifar_dir, *flags):
@@ -37,7 +38,7 @@ def start_worker(mongo_url, env, folder, cifar_dir, *flags):
          "--exp-key", "exp", "--data-dir", str(cifar_dir), "--results-dir", "results",
          "--reserve-timeout", "60", *flags],
         cwd=folder, env=env, stdout=(folder / "worker.log").open("w"),
-        stderr=subprocess.STDOUT)
+        stderr=subprocess.STDOUT, preexec_fn=hear_ctrl_c)
 
 
 @pytest.fixture

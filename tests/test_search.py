@@ -20,7 +20,7 @@ import dataset
 import hyperopt_optimize
 import neural_net
 import trial_process
-from conftest import ROOT, SUPPORT
+from conftest import ROOT, SUPPORT, hear_ctrl_c
 
 TINY_SEARCH = str(SUPPORT / "tiny_search.py")
 SCRIPT = str(ROOT / "hyperopt_optimize.py")
@@ -259,7 +259,7 @@ def test_ctrl_c_saves_and_says_how_to_resume(clean_env, tmp_path, cifar_dir):
     process = subprocess.Popen(
         [sys.executable, TINY_SEARCH, *search_args(cifar_dir, "--max-evals", "50", "--isolated")],
         env=clean_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+        start_new_session=True, preexec_fn=hear_ctrl_c)
     pkl = tmp_path / "results.pkl"
     deadline = time.time() + 300
     while time.time() < deadline and not pkl.exists():

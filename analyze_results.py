@@ -397,7 +397,7 @@ def write_output(path, data):
 
 # ------------------------------------------------- TensorBoard HParams ----
 
-def conditional_hparams(frame, hparams):
+def tensorboard_conditionals(frame, hparams):
     """The hyperparameters to write as conditional: those of the search space
     (hyperopt_optimize.space, which imports no Keras), and any other that is
     null in some trial of this folder (results of a changed space)."""
@@ -502,7 +502,7 @@ def analyse(trials, skipped, args):
     print(f"Wrote {', '.join(written)} in {out_dir}/")
 
     if args.to_tensorboard:
-        write_tensorboard(trials, args.to_tensorboard, conditional_hparams(frame, hparams))
+        write_tensorboard(trials, args.to_tensorboard, tensorboard_conditionals(frame, hparams))
     print(summary_line(frame, ok, skipped))
 
 

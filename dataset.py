@@ -53,7 +53,7 @@ def load_cifar100(data_dir=None, config=None, notices=True):
     Keras' cache, then downloads into that cache. `notices=False` keeps quiet
     about the archive (a trial process: the search has said it once).
     Raises DatasetError."""
-    config = config or utils.settings_from_env()
+    config = config or utils.read_settings(utils.TrialSettings)
     data_dir = Path(os.path.expanduser(data_dir or config.data_dir))
     keras_home = Path(os.path.expanduser(config.keras_home))
     source = find_cifar100(data_dir, keras_home)

@@ -39,8 +39,6 @@ FC_UNITS_1 = 1000
 FC_UNITS_2 = 750
 OPTIMIZERS = {"Adam": keras.optimizers.Adam, "Nadam": keras.optimizers.Nadam,
               "RMSprop": keras.optimizers.RMSprop}
-TENSORBOARD_DIR = utils.TENSORBOARD_DIR
-WEIGHTS_DIR = utils.WEIGHTS_DIR
 
 
 # ------------------------------------------------------- the layers ----
@@ -325,14 +323,14 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
     trial began, for the result's `seconds_to_first_step`. `data_notices=False`
     keeps quiet about the data set (a trial process: the search said it)."""
     called_at = called_at or time.time()
-    config = config or utils.settings_from_env()
+    config = config or utils.read_settings(utils.TrialSettings)
     train, val, test = dataset.training_data(config, notices=data_notices)
     uid = uuid.uuid4().hex[:5]
     precision = resolve_precision(config.precision)
     model = build_model(hype_space, precision)
     first_step = FirstStepTimer()
     callbacks = [keras.callbacks.TerminateOnNaN(), first_step]
-    log_dir = Path(TENSORBOARD_DIR) / uid
+    log_dir = Path(utils.TENSORBOARD_DIR) / uid
     if log_for_tensorboard or config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir),
                                                      histogram_freq=histogram_freq))
@@ -340,7 +338,7 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_fine_outputs_accuracy", mode="max", patience=config.epochs,
             restore_best_weights=True))
-    weights_path = Path(WEIGHTS_DIR) / f"{uid}{utils.WEIGHTS_SUFFIX}"
+    weights_path = Path(utils.WEIGHTS_DIR) / f"{uid}{utils.WEIGHTS_SUFFIX}"
     if save_best_weights:
         weights_path.parent.mkdir(exist_ok=True)
         callbacks.append(keras.callbacks.ModelCheckpoint(

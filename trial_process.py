@@ -22,6 +22,7 @@ import os
 import sys
 import threading
 
+import dataset
 import utils
 
 # neural_net (Keras, TensorFlow: seconds) is imported by the trial process and
@@ -73,7 +74,6 @@ def train_in_child(hype_space, settings, called_at=None):
     previous trial, or a new one), starting the next trial's spare meanwhile.
     A trial process that dies (out-of-memory killer) is a failed result."""
     global _spare
-    import dataset
     task = (hype_space, settings, called_at, os.getcwd())  # a MongoDB worker moves per job
     trial = take_spare()
     try:

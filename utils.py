@@ -223,7 +223,7 @@ def add_options(parser, *kinds, only=None):
     """Add the flags of these settings classes (or `only` those named) to an
     argparse parser, each once. Defaults stay None, so `read_settings` can
     tell a flag given from one left out."""
-    added = {action.dest for action in parser._actions}
+    added = set()
     for kind in kinds:
         defaults = defaults_of(kind)
         for name, option in options_of(kind).items():
@@ -277,11 +277,6 @@ def code_testing(environ):
         return flag_value(environ.get("CODE_TESTING", "0"))
     except ValueError as err:
         raise UsageError(f"CODE_TESTING: {err}") from None
-
-
-def settings_from_env(kind=TrialSettings):
-    """Settings for code called without a command line (notebooks, workers)."""
-    return read_settings(kind)
 
 
 # --- command lines ---

@@ -46,6 +46,7 @@ folder or an output that cannot be written, 2 bad flags.
 """
 
 import io
+import json
 import math
 import sys
 from pathlib import Path
@@ -53,6 +54,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import pruning
 import tensorboard_hparams
 import utils
 
@@ -75,8 +77,16 @@ RESULT_COLUMNS = [
     "fine_best_accuracy", "coarse_best_accuracy", "fine_end_accuracy",
     "coarse_end_accuracy", "fine_best_loss", "coarse_best_loss", "fine_end_loss",
     "coarse_end_loss", "loss", "real_loss", "test_fine_accuracy", "test_coarse_accuracy",
-    "epochs", "training_seconds", "nb_params", "train_images", "validation_images",
+    "epochs", "pruned_at_epoch", "training_seconds", "nb_params", "train_images",
+    "validation_images",
 ]
+# --replay-pruning: the rule's settings drawn in pruning_replay.png next to
+# the ones replayed, as (startup, warmup); the README's table comes from these.
+REPLAY_ALTERNATIVES = [(1, 10), (3, 25), (4, 20), (5, 20), (8, 12), (10, 30)]
+# ... and the trade-off lines of the picture: one per startup, over these warm-ups.
+REPLAY_LINES = {"startups": (2, 4, 8), "warmups": (0, 5, 10, 15, 20, 25, 30, 40)}
+REPLAY_JSON = "pruning_replay.json"
+REPLAY_PNG = "pruning_replay.png"
 
 
 class OutputError(Exception):
@@ -141,13 +151,13 @@ def trials_frame(trials):
     for number, trial in enumerate(trials, 1):
         result = trial["result"]
         row = {"trial": number, "file": trial["path"].name, "status": result.get("status"),
-               "model_name": result.get("model_name")}
+               "model_name": result.get("model_name"), "pruned": bool(result.get("pruned"))}
         row.update({key: result.get(key) for key in RESULT_COLUMNS})
         if row["epochs"] is None:  # the original's results: the history says
             row["epochs"] = len(utils.val_fine_curve(result)) or None
         row["error"] = str(result.get("error") or "").strip().split("\n")[0] or None
         rows.append(row)
-    info = pd.DataFrame(rows, columns=["trial", "file", "status", "model_name",
+    info = pd.DataFrame(rows, columns=["trial", "file", "status", "model_name", "pruned",
                                        *RESULT_COLUMNS, "error"])
     for key in RESULT_COLUMNS:
         info[key] = pd.to_numeric(info[key], errors="coerce")
@@ -223,13 +233,20 @@ def leaderboard(frame, hparams, ok, top):
         "rank": range(1, len(best) + 1),
         "fine": best["fine_best_accuracy"].map("{:.4f}".format),
         "coarse": best["coarse_best_accuracy"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}"),
-        "epochs": best["epochs"].map(lambda v: "-" if pd.isna(v) else f"{v:.0f}"),
+        "epochs": [epochs_text(row) for _, row in best.iterrows()],
         "time": best["training_seconds"].map(lambda v: "-" if pd.isna(v) else f"{v:.0f} s"),
     })
     for name in shown:
         table[name] = best[name].map(short_value)
     table["file"] = best["file"]
     return table.to_string(index=False)
+
+
+def epochs_text(row):
+    """The epochs a trial ran, and whether pruning stopped it there."""
+    if pd.isna(row["epochs"]):
+        return "-"
+    return f"{row['epochs']:.0f} pruned" if row["pruned"] else f"{row['epochs']:.0f}"
 
 
 def short_value(value):
@@ -242,8 +259,10 @@ def short_value(value):
 
 def summary_line(frame, ok, skipped):
     failed = (~ok).sum()
-    line = (f"Summary: {len(frame)} trials read ({ok.sum()} successful, {failed} failed), "
-            f"{len(skipped)} skipped")
+    pruned = (ok & frame["pruned"]).sum()
+    line = (f"Summary: {len(frame)} trials read ({ok.sum()} successful"
+            + (f", {pruned} of them pruned" if pruned else "")
+            + f", {failed} failed), {len(skipped)} skipped")
     if ok.any():
         best = frame.loc[frame.loc[ok, "fine_best_accuracy"].idxmax()]
         line += f"; best fine accuracy {best['fine_best_accuracy']:.4f} in {best['file']}"
@@ -349,7 +368,11 @@ def plot_history(frame, ok, path, ordered_by_id):
     figure = new_figure(10, 4.5)
     ax = figure.subplots()
     fine = frame["fine_best_accuracy"].where(ok)
-    ax.scatter(frame["trial"][ok], fine[ok], s=18, label="trial (best epoch)")
+    full, pruned = ok & ~frame["pruned"], ok & frame["pruned"]
+    ax.scatter(frame["trial"][full], fine[full], s=18, label="trial (best epoch)")
+    if pruned.any():
+        ax.scatter(frame["trial"][pruned], fine[pruned], s=18, facecolors="none",
+                   edgecolors="C0", label=f"pruned trial, best before it stopped ({pruned.sum()})")
     ax.step(frame["trial"], fine.cummax().ffill(), where="post", color="C1",
             label="best so far")
     if (~ok).any():
@@ -366,15 +389,27 @@ def plot_history(frame, ok, path, ordered_by_id):
 
 
 def plot_learning_curves(trials, frame, ok, top, path):
-    """Validation fine accuracy per epoch of the top trials."""
+    """Validation fine accuracy per epoch of the top trials; pruned trials
+    end with a cross where they stopped, and those outside the top are drawn
+    in grey behind them."""
     figure = new_figure(10, 6)
     ax = figure.subplots()
     best = frame[ok].sort_values("fine_best_accuracy", ascending=False, kind="stable").head(top)
+    others = frame[ok & frame["pruned"] & ~frame.index.isin(best.index)]
+    for number, (index, row) in enumerate(others.iterrows()):
+        curve = utils.val_fine_curve(trials[index]["result"])
+        if curve:
+            ax.plot(range(1, len(curve) + 1), curve, color="0.75", linewidth=0.8,
+                    label=f"other pruned trials ({len(others)})" if number == 0 else None)
+            ax.plot(len(curve), curve[-1], "x", color="0.6", markersize=5)
     for index, row in best.iterrows():
         curve = utils.val_fine_curve(trials[index]["result"])
         if curve:
-            ax.plot(range(1, len(curve) + 1), curve, linewidth=1,
-                    label=f"{row['fine_best_accuracy']:.4f} {row['model_name']}")
+            label = f"{row['fine_best_accuracy']:.4f} {row['model_name']}"
+            lines = ax.plot(range(1, len(curve) + 1), curve, linewidth=1,
+                            label=label + (f" (pruned at {len(curve)})" if row["pruned"] else ""))
+            if row["pruned"]:
+                ax.plot(len(curve), curve[-1], "x", color=lines[0].get_color(), markersize=8)
     if ax.lines:
         ax.legend(loc="lower right", fontsize=7)
     else:
@@ -423,6 +458,77 @@ def write_tensorboard(trials, log_dir, conditional):
           f"(tensorboard --logdir {log_dir}, then the HPARAMS tab)")
 
 
+# ------------------------------------------------------ pruning replay ----
+
+def replay_pruning(trials, rule, orders, seed, out_dir):
+    """--replay-pruning: replay `rule` (and REPLAY_ALTERNATIVES) on the
+    complete curves of these results; print the table, write REPLAY_JSON
+    (for `rule`) and REPLAY_PNG."""
+    # By name, so that the figures do not depend on the order the files were listed in.
+    results = sorted((t["result"] for t in trials), key=lambda r: r["model_name"])
+    curves = [c for c in pruning.completed_curves(results) if np.isfinite(c).any()]
+    left_out = len(results) - len(curves)
+    if len(curves) < 2:
+        print(f"Cannot replay pruning: {len(curves)} complete learning curve(s) in these "
+              "results; it needs at least 2 successful trials that were not pruned.")
+        return
+    print(f"Replaying the median stopping rule on {len(curves)} complete learning curves "
+          f"in {orders} random orders (seed {seed})"
+          + (f"; {left_out} failed, pruned or curve-less results left out." if left_out else "."))
+    settings = [(rule.startup, rule.warmup)] + [a for a in REPLAY_ALTERNATIVES
+                                                 if a != (rule.startup, rule.warmup)]
+    figures = [pruning.replay(curves, pruning.MedianRule(*pair), orders, seed)
+               for pair in settings]
+    table = pd.DataFrame({
+        "startup": [f["rule"]["startup"] for f in figures],
+        "warmup": [f["rule"]["warmup"] for f in figures],
+        "epochs saved": [f"{f['epochs_saved_fraction']:.1%}" for f in figures],
+        "best kept": [f"{f['best_kept_fraction']:.1%}" for f in figures],
+        "worst best": [f"{f['worst_best_accuracy']:.4f}" for f in figures],
+        "trials pruned": [f"{f['pruned_trials_mean']:.1f}" for f in figures],
+    })
+    table.insert(0, "", ["*"] + [""] * (len(figures) - 1))
+    print(table.to_string(index=False))
+    print(f"* the settings replayed (--prune-startup, --prune-warmup); full search: "
+          f"{figures[0]['epochs_full']} epochs, best {figures[0]['best_accuracy_full']:.4f}. "
+          "A lower bound: with pruning a search affords more trials in the same time.")
+    write_output(out_dir / REPLAY_JSON, json.dumps(figures[0], indent=2) + "\n")
+    lines = {startup: [pruning.replay(curves, pruning.MedianRule(startup, warmup), orders, seed)
+                       for warmup in REPLAY_LINES["warmups"]]
+             for startup in REPLAY_LINES["startups"]}
+    plot_replay(figures[0], lines, out_dir / REPLAY_PNG)
+    print(f"Wrote {REPLAY_JSON}, {REPLAY_PNG} in {out_dir}/")
+
+
+def plot_replay(replayed, lines, path):
+    """Epochs saved against the share of orders that kept the full search's
+    best: one line per startup over the warm-ups, and the settings replayed."""
+    figure = new_figure(8, 5.5)
+    ax = figure.subplots()
+
+    def point(f):
+        return f["epochs_saved_fraction"] * 100, f["best_kept_fraction"] * 100
+
+    for number, (startup, figures) in enumerate(lines.items()):
+        xs, ys = zip(*map(point, figures))
+        ax.plot(xs, ys, "o-", color=f"C{number}", markersize=4, label=f"startup {startup}")
+        for f, x, y in zip(figures, xs, ys):
+            ax.annotate(str(f["rule"]["warmup"]), (x, y), textcoords="offset points",
+                        xytext=(3, 3), fontsize=7, color=f"C{number}")
+    x, y = point(replayed)
+    ax.plot(x, y, "*", color="black", markersize=14, label=(
+        f"replayed: startup {replayed['rule']['startup']}, warm-up {replayed['rule']['warmup']}"))
+    ax.axhline(99, color="0.6", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("epochs saved (%)")
+    ax.set_ylabel("orders that kept the full search's best trial (%)")
+    ax.set_title(f"Median stopping replayed on {replayed['trials']} trials in "
+                 f"{replayed['orders']} orders (numbers: warm-up epochs)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
 # ------------------------------------------------------------------ main ----
 
 def build_parser():
@@ -441,11 +547,27 @@ def build_parser():
     parser.add_argument("--to-tensorboard", default=None, metavar="DIR",
                         help="also write every successful trial to TensorBoard's "
                              "HParams dashboard in DIR")
+    replay = parser.add_argument_group(
+        "pruning replay", "--replay-pruning replays the median stopping rule on the "
+        "complete learning curves of these results, instead of the analysis: the epochs "
+        "it would have saved and how often the best trial survives, for the rule's "
+        f"settings below and a few others; writes {REPLAY_JSON} and {REPLAY_PNG}")
+    replay.add_argument("--replay-pruning", action="store_true", help="replay, see above")
+    replay.add_argument("--orders", type=utils.argparse_type(utils.positive_int),
+                        default=pruning.REPLAY_ORDERS, metavar="N",
+                        help="random orders of the trials to replay (default: %(default)s)")
+    replay.add_argument("--seed", type=utils.argparse_type(utils.non_negative_int),
+                        default=0, metavar="S", help="seed of the orders (default: %(default)s)")
+    utils.add_options(replay, utils.TrialSettings, only=REPLAY_SETTINGS)
     return parser
 
 
+REPLAY_SETTINGS = ("prune_startup", "prune_warmup")
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args, (settings,) = utils.parse_or_exit(build_parser(), [utils.TrialSettings], argv,
+                                            only=REPLAY_SETTINGS)
     results_dir = Path(args.results_dir)
     if not results_dir.is_dir():
         print(f"error: results folder {results_dir} does not exist (see --results-dir)",
@@ -459,21 +581,31 @@ def main(argv=None):
               + (f" ({len(skipped)} skipped)." if skipped else "."))
         return 0
     try:
-        analyse(trials, skipped, args)
+        if args.replay_pruning:
+            rule = pruning.MedianRule(settings.prune_startup, settings.prune_warmup)
+            replay_pruning(trials, rule, args.orders, args.seed,
+                           make_out_dir(args.out_dir or args.results_dir))
+        else:
+            analyse(trials, skipped, args)
     except OutputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
 
 
-def analyse(trials, skipped, args):
-    """Print the failed trials and the leaderboard, write the CSV, the plots
-    and the TensorBoard runs, print the summary."""
-    out_dir = Path(args.out_dir or args.results_dir)
+def make_out_dir(folder):
+    out_dir = Path(folder)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"cannot use --out-dir {out_dir}: {err}") from None
+    return out_dir
+
+
+def analyse(trials, skipped, args):
+    """Print the failed trials and the leaderboard, write the CSV, the plots
+    and the TensorBoard runs, print the summary."""
+    out_dir = make_out_dir(args.out_dir or args.results_dir)
     frame, hparams = trials_frame(trials)
     ok = frame["status"].eq("ok")
 

@@ -34,6 +34,7 @@ from hyperopt.mongoexp import MongoWorker, ReserveTimeout  # noqa: E402
 
 import dataset  # noqa: E402
 import mongo_search  # noqa: E402
+import pruning  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -161,7 +162,10 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 1
     Path(machine.results_dir).mkdir(parents=True, exist_ok=True)
-    jobs.machine = machine  # what mongo_search.worker_objective gives each trial
+    # What mongo_search.worker_objective gives each trial: this machine's
+    # folders, and where the other trials' learning curves are (for --prune).
+    jobs.machine = machine
+    jobs.curves = pruning.MongoCurves(config.mongo, config.exp_key)
     import neural_net  # Keras: after MongoDB and the data set answered, so those fail fast
     # Unique even for a worker restarted with the same pid (containers): the
     # heartbeat must never revive the trial of a previous life.

@@ -29,6 +29,7 @@ from hyperopt.exceptions import AllTrialsFailed
 
 import dataset
 import mongo_search
+import pruning
 import tensorboard_hparams
 import trial_process
 import utils
@@ -103,18 +104,20 @@ class SearchError(Exception):
     """The search cannot start or go on; the message says what to do."""
 
 
-def optimize_cnn(hype_space, config):
+def optimize_cnn(hype_space, config, earlier=None):
     """hyperopt's objective: train one model with the utils.TrialSettings
     `config`, save its result, return it. On a MongoDB worker `config` holds
-    the driver's settings and that worker's own folders.
+    the driver's settings and that worker's own folders. `earlier`: the
+    curves of the search's earlier completed trials (or a function that reads
+    them), for --prune; None trains every epoch.
 
     Any error becomes a failed trial (with its traceback) so the search goes
     on; only a missing data set and Ctrl-C stop the search."""
     called_at = time.time()
     if config.in_process:
-        result = trial_process.train_here(hype_space, config, called_at)
+        result = trial_process.train_here(hype_space, config, called_at, earlier=earlier)
     else:
-        result = trial_process.train_in_child(hype_space, config, called_at)
+        result = trial_process.train_in_child(hype_space, config, called_at, earlier=earlier)
     try:
         utils.save_json_result(result, config.results_dir)
     except OSError as err:
@@ -155,11 +158,17 @@ def run_search(config, trials=None):
         best = utils.best_trial(trials)
         print(f"Resuming the search: {len(trials.trials)} trials in {config.trials_file}"
               + (f", best fine accuracy {best[1]['fine_best_accuracy']:.4f}." if best else "."))
-    objective = functools.partial(optimize_cnn, config=utils.subset(utils.TrialSettings, config))
+    settings = utils.subset(utils.TrialSettings, config)
+    rule = pruning.rule_of(config)
     of = f"/{config.max_evals}" if config.max_evals else ""
     try:
         while config.max_evals is None or len(trials.trials) < config.max_evals:
+            if search_has_stalled(trials, config):
+                break
             done = len(trials.trials)
+            objective = functools.partial(optimize_cnn, config=settings)
+            if rule is not None:  # the curves the trial compares itself with
+                objective.keywords["earlier"] = pruning.trials_curves(trials)
             # A fresh generator per trial: seeded runs stay reproducible across resumes.
             rstate = np.random.default_rng(None if config.seed is None else [config.seed, done])
             started = time.perf_counter()
@@ -183,6 +192,14 @@ def run_search(config, trials=None):
     finally:
         trial_process.stop_spare()  # the process prestarted for a next trial
     return trials
+
+
+def search_has_stalled(trials, config):
+    """--stop-after-no-improvement: whether the search ends here (said if so)."""
+    line = pruning.stalled([t["result"] for t in trials.trials], config.stop_after)
+    if line:
+        print(line, flush=True)
+    return bool(line)
 
 
 def save_finished_trials(trials, done, path):
@@ -357,7 +374,7 @@ def main(argv=None):
         print(neural_net.device_line(), flush=True)
         if config.plots:
             plot_models(config)
-        run_search(config, trials)
+        trials = run_search(config, trials)
     except KeyboardInterrupt:
         print(f"\nInterrupted. Finished trials are saved in {config.trials_file} and "
               f"{config.results_dir}/; run the same command again to resume.", file=sys.stderr)
@@ -365,8 +382,9 @@ def main(argv=None):
     except (SearchError, dataset.DatasetError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"Done: {config.max_evals} trials in {config.trials_file}; "
-          f"results in {config.results_dir}/.")
+    results = [t["result"] for t in trials.trials]
+    print(f"Done: {len(results)} trials in {config.trials_file}; results in "
+          f"{config.results_dir}/. {pruning.summary(results, config.epochs)}".rstrip())
     return 0
 
 

@@ -15,11 +15,14 @@ import dataclasses
 import datetime
 import functools
 import sys
+import time
 import urllib.parse
 
 import numpy as np
 from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_RUNNING
+from hyperopt.base import JOB_STATE_CANCEL
 
+import pruning
 import utils
 
 MONGO_DEFAULT_PORT = 27017
@@ -201,13 +204,19 @@ def run_driver(search, driver, objective, space, warm_start):
               "back.", file=sys.stderr)
         return 1
     counts = job_counts(trials.handle.jobs, driver.exp_key)
+    trials.refresh()
     print(f"Done: experiment {driver.exp_key!r} has {describe_counts(counts)}. Each "
-          "trial's JSON is in the results folder of the worker that ran it.")
+          "trial's JSON is in the results folder of the worker that ran it. "
+          + pruning.summary(finished_results(trials), search.epochs))
     return 0
 
 
 class MongoLost(Exception):
     """MongoDB cannot be reached or refuses us; the message says what to check."""
+
+
+class SearchStalled(Exception):
+    """--stop-after-no-improvement: raised out of fmin to end the search."""
 
 
 def queue_and_follow(search, driver, objective, space, warm_start):
@@ -242,14 +251,41 @@ def queue_and_follow(search, driver, objective, space, warm_start):
     on_worker = functools.partial(worker_objective, objective,
                                   utils.subset(utils.TrialSettings, search))
     follow = follow_workers(search, driver, trials)
+    stalled = pruning.stalled(finished_results(trials), search.stop_after)
+    if stalled:  # on resume: nothing to queue
+        print(stalled, flush=True)
+        return trials
     try:
         fmin(on_worker, space, algo=tpe.suggest, trials=trials, max_evals=target,
              max_queue_len=driver.queue_len, rstate=rstate, early_stop_fn=follow,
              pass_expr_memo_ctrl=True, show_progressbar=False, return_argmin=False)
     except AllTrialsFailed:
         pass  # hyperopt 0.3.0 raises this at the end when no trial succeeded
+    except SearchStalled:
+        wait_for_running(trials, driver, follow)
     follow(trials)
     return trials
+
+
+def finished_results(trials):
+    """The results of the finished trials (as last refreshed), in the order they finished."""
+    done = [t for t in trials.trials if t["state"] == JOB_STATE_DONE]
+    return [t["result"] for t in sorted(done, key=lambda t: (t.get("refresh_time") is None,
+                                                            t.get("refresh_time"), t["tid"]))]
+
+
+def wait_for_running(trials, driver, follow, poll=1.0):
+    """The search has ended: cancel the queued trials (workers will not take
+    them) and follow the running ones to their end."""
+    jobs = trials.handle.jobs
+    cancelled = jobs.update_many({"exp_key": driver.exp_key, "state": JOB_STATE_NEW},
+                                 {"$set": {"state": JOB_STATE_CANCEL}}).modified_count
+    running = job_counts(jobs, driver.exp_key)[JOB_STATE_RUNNING]
+    print(f"Cancelled {cancelled} queued trials; waiting for the {running} running.", flush=True)
+    while job_counts(jobs, driver.exp_key)[JOB_STATE_RUNNING]:
+        time.sleep(poll)
+        trials.refresh()
+        follow(trials)
 
 
 def worker_objective(objective, settings, expr, memo, ctrl):
@@ -257,13 +293,18 @@ def worker_objective(objective, settings, expr, memo, ctrl):
     expression, its memo of drawn values and the trial's control): the
     hyperspace drawn, trained by `objective` with the driver's `settings` but
     this worker's own folders, which hyperopt_mongo_worker.py hands over as
-    `machine` on the job handle that hyperopt gives back here. Under
-    hyperopt's own hyperopt-mongo-worker there is none: the driver's stay."""
+    `machine` on the job handle that hyperopt gives back here, with `curves`
+    (a pruning.MongoCurves) for --prune. Under hyperopt's own
+    hyperopt-mongo-worker there are neither: the driver's folders stay and
+    trials are not pruned."""
     from hyperopt import pyll
     hype_space = pyll.rec_eval(expr, memo=memo)
     machine = getattr(ctrl.trials.handle, "machine", None)
     if machine is not None:
         settings = dataclasses.replace(settings, **dataclasses.asdict(machine))
+    curves = getattr(ctrl.trials.handle, "curves", None)  # pruning.MongoCurves
+    if curves is not None and pruning.rule_of(settings) is not None:
+        return objective(hype_space, settings, earlier=curves)
     return objective(hype_space, settings)
 
 
@@ -289,8 +330,11 @@ def follow_workers(search, driver, trials):
     failed = {job["tid"] for job in jobs.find(
         {"exp_key": driver.exp_key, "state": JOB_STATE_ERROR}, projection=["tid"])}
     of = f"/{search.max_evals}" if search.max_evals else ""
+    stalled_said = []
 
     def follow(trials, *_):
+        """Returns (False, []) as fmin's early_stop_fn must, or raises
+        SearchStalled once --stop-after-no-improvement says so."""
         for message in requeue_stale_jobs(jobs, driver):
             print(message, flush=True)
         for job in jobs.find({"exp_key": driver.exp_key, "state": JOB_STATE_ERROR,
@@ -311,6 +355,11 @@ def follow_workers(search, driver, trials):
                 print(utils.progress_line(
                     trial["result"], trial["tid"] + 1, seconds, best=best,
                     where=f" on {trial['owner']}, {len(reported)}{of} finished"), flush=True)
+        line = pruning.stalled(finished_results(trials), search.stop_after)
+        if line and not stalled_said:
+            stalled_said.append(line)
+            print(line, flush=True)
+            raise SearchStalled(line)
         return False, []
     return follow
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import dataset
+import pruning
 import utils
 from dataset import DatasetError, load_cifar100  # noqa: F401  (kept here for older scripts)
 
@@ -311,17 +312,56 @@ class FirstStepTimer(keras.callbacks.Callback):
             self.ended_at = time.time()
 
 
+class MedianStopping(keras.callbacks.Callback):
+    """Stops the trial at the end of an epoch when pruning's median rule says
+    it is hopeless. `earlier` is the search's earlier completed curves (a
+    list), or a function returning them (None when it cannot: the last ones
+    are kept), asked again every pruning.REFRESH_EPOCHS epochs (a MongoDB
+    worker's trial, while other workers finish theirs)."""
+
+    def __init__(self, rule, earlier, epochs):
+        super().__init__()
+        self.rule, self.epochs = rule, epochs
+        self.source = earlier if callable(earlier) else None
+        self.thresholds = rule.thresholds([] if self.source else list(earlier), epochs)
+        self.curve, self.pruned_at, self.median = [], None, None
+        self.refresh()
+
+    def refresh(self):
+        curves = self.source() if self.source else None
+        if curves is not None:
+            self.thresholds = self.rule.thresholds(curves, self.epochs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.curve.append(float((logs or {}).get("val_fine_outputs_accuracy", np.nan)))
+        if epoch and epoch % pruning.REFRESH_EPOCHS == 0:
+            self.refresh()
+        if self.rule.below(self.curve, self.thresholds)[-1]:
+            self.pruned_at, self.median = epoch + 1, float(self.thresholds[epoch])
+            self.model.stop_training = True
+
+    def result_keys(self):
+        """What a result says about pruning: `pruned` and, if so, when and why."""
+        if self.pruned_at is None:
+            return {"pruned": False}
+        return {"pruned": True, "pruned_at_epoch": self.pruned_at,
+                "pruned_below_median": self.median}
+
+
 # ------------------------------------------------------- one trial ----
 
 def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=False,
-                    config=None, histogram_freq=0, called_at=None, data_notices=True):
+                    config=None, histogram_freq=0, called_at=None, data_notices=True,
+                    earlier=None):
     """Build the model of `hype_space`, train it and return `(model,
     model_name, result)`. `config` is a utils.TrialSettings (default: from the
     environment variables). A loss that turns NaN/inf ends the trial as
     failed. `histogram_freq` N > 0 also logs weight histograms every N epochs
     to TensorBoard. `called_at` (a time.time() stamp, default now) is when the
     trial began, for the result's `seconds_to_first_step`. `data_notices=False`
-    keeps quiet about the data set (a trial process: the search said it)."""
+    keeps quiet about the data set (a trial process: the search said it).
+    `earlier`: the search's earlier trials' validation fine accuracy curves
+    (or a function returning them) for --prune; None: no pruning."""
     called_at = called_at or time.time()
     config = config or utils.read_settings(utils.TrialSettings)
     train, val, test = dataset.training_data(config, notices=data_notices)
@@ -338,6 +378,11 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_fine_outputs_accuracy", mode="max", patience=config.epochs,
             restore_best_weights=True))
+    rule = pruning.rule_of(config)
+    stopping = None
+    if rule is not None and earlier is not None:
+        stopping = MedianStopping(rule, earlier, config.epochs)
+        callbacks.append(stopping)
     weights_path = Path(utils.WEIGHTS_DIR) / f"{uid}{utils.WEIGHTS_SUFFIX}"
     if save_best_weights:
         weights_path.parent.mkdir(exist_ok=True)
@@ -352,6 +397,8 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
 
     result = make_result(history, hype_space, uid, seconds, model, len(train[0]), len(val[0]))
     result.update(precision=precision, peak_memory_mb=peak_memory_mb())
+    if stopping is not None and result["status"] == "ok":
+        result.update(stopping.result_keys())
     if first_step.ended_at is not None:
         result["seconds_to_first_step"] = round(first_step.ended_at - called_at, 3)
     if test is not None and result["status"] == "ok":

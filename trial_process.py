@@ -50,14 +50,17 @@ class TrialProcess:
 _spare = None  # the TrialProcess prestarted for the next trial, or None
 
 
-def train_here(hype_space, settings, called_at=None, data_notices=True):
-    """Train one model in this process and free it; errors become failed results."""
+def train_here(hype_space, settings, called_at=None, data_notices=True, earlier=None):
+    """Train one model in this process and free it; errors become failed
+    results. `earlier`: the earlier trials' curves, for pruning (see
+    neural_net.build_and_train)."""
     import keras
     import neural_net
     try:
         model, _, result = neural_net.build_and_train(hype_space, config=settings,
                                                       called_at=called_at,
-                                                      data_notices=data_notices)
+                                                      data_notices=data_notices,
+                                                      earlier=earlier)
         del model
     except neural_net.DatasetError:
         raise
@@ -69,12 +72,12 @@ def train_here(hype_space, settings, called_at=None, data_notices=True):
     return result
 
 
-def train_in_child(hype_space, settings, called_at=None):
+def train_in_child(hype_space, settings, called_at=None, earlier=None):
     """Train one model in a trial process (the spare started during the
     previous trial, or a new one), starting the next trial's spare meanwhile.
     A trial process that dies (out-of-memory killer) is a failed result."""
     global _spare
-    task = (hype_space, settings, called_at, os.getcwd())  # a MongoDB worker moves per job
+    task = (hype_space, settings, called_at, os.getcwd(), earlier)  # cwd: a worker moves per job
     trial = take_spare()
     try:
         trial.tasks.send(task)
@@ -168,14 +171,14 @@ def child_main(task_receive, result_send):
         import neural_net
         result_send.send(("ready", None))
         try:
-            hype_space, settings, called_at, cwd = task_receive.recv()
+            hype_space, settings, called_at, cwd, earlier = task_receive.recv()
         except EOFError:  # the search ended without needing this process
             return
         os.chdir(cwd)  # TensorBoard/ and weights/ are relative to the trial's folder
         try:
             # The search process has told the user about the data set once already.
             result_send.send(("result", train_here(hype_space, settings, called_at,
-                                                   data_notices=False)))
+                                                   data_notices=False, earlier=earlier)))
         except neural_net.DatasetError as err:
             result_send.send(("dataset_error", str(err)))
     except (KeyboardInterrupt, BrokenPipeError):

@@ -13,6 +13,7 @@ import time
 import pytest
 from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW
 
+import pruning
 from conftest import ROOT, SUPPORT, hear_ctrl_c
 
 
@@ -118,6 +119,64 @@ def test_two_workers_train_the_requested_trials(tmp_path, mongo_db, experiment):
     names = {json.loads(p.read_text())["model_name"] for fs in files.values() for p in fs}
     assert names == {job["result"]["model_name"] for job in done}
     assert output.count("Trial ") == 2 and "Done: experiment 'exp' has 2 trials finished" in output
+
+
+@pytest.mark.slow
+def test_a_worker_prunes_with_the_curves_another_worker_produced(tmp_path, mongo_url, mongo_db,
+                                                                 env, cifar_dir):
+    """Worker 1 finishes a trial of perfect accuracy (a stand-in); worker 2,
+    started after it, trains real trials, reads that curve from MongoDB and
+    stops each one at the first epoch after the warm-up."""
+    log = tmp_path / "driver.log"
+    driver = start_driver("perfect_on_first_worker", mongo_url, env, log, "--max-evals", "3",
+                          "--queue-len", "1", "--epochs", "3", "--prune-startup", "1",
+                          "--prune-warmup", "1")
+    first = start_worker(mongo_url, dict(env, HKS_TEST_PERFECT="1"), tmp_path / "w1", cifar_dir,
+                         "--max-jobs", "1")
+    second = None
+    try:
+        assert first.wait(timeout=120) == 0, (tmp_path / "w1" / "worker.log").read_text()
+        second = start_worker(mongo_url, env, tmp_path / "w2", cifar_dir)
+        output = finish(driver, log, timeout=400)
+    finally:
+        stop([p for p in (driver, first, second) if p is not None])
+    assert driver.returncode == 0, output
+    done = sorted(jobs_of(mongo_db, JOB_STATE_DONE), key=lambda job: job["tid"])
+    assert len(done) == 3, output
+    perfect, pruned = done[0], done[1:]
+    assert perfect["result"]["fine_best_accuracy"] == 1.0
+    for job in pruned:
+        assert job["owner"] != perfect["owner"]
+        assert job["result"]["pruned"] is True and job["result"]["pruned_at_epoch"] == 2
+        assert job["result"]["pruned_below_median"] == 1.0
+        assert len(job["result"]["history"]["val_fine_outputs_accuracy"]) == 2
+    files = result_files(tmp_path / "w2")
+    assert len(files) == 2 and all(json.loads(p.read_text())["pruned"] for p in files)
+    assert output.count("pruned at epoch 2 (below the median 1.0000)") == 2, output
+    assert "Pruned 2 of 3 trials, saving 2 epochs" in output
+
+
+def test_the_driver_ends_the_search_after_n_trials_without_a_new_best(mongo_db, experiment):
+    driver, workers, log = experiment("quick", 1, "--max-evals", "30", "--queue-len", "2",
+                                      "--stop-after-no-improvement", "2")
+    output = finish(driver, log)
+    assert driver.returncode == 0, output
+    assert "No new best fine accuracy in the last 2 trials" in output
+    done = sorted(jobs_of(mongo_db, JOB_STATE_DONE), key=lambda job: job["refresh_time"])
+    results = [job["result"] for job in done]
+    # The trial its worker was running when the search ended still finishes.
+    assert any(pruning.trials_without_improvement(results[:n]) >= 2
+               for n in (len(done), len(done) - 1)), results
+    assert 3 <= len(done) < 30
+    assert not jobs_of(mongo_db, JOB_STATE_NEW), "queued trials are cancelled"
+    stop(workers)
+    if pruning.stalled(results, 2):  # unless that last running trial found a new best
+        again = experiment("quick", 0, "--max-evals", "30", "--stop-after-no-improvement", "2",
+                           log="again.log")[0]
+        output = finish(again, log.with_name("again.log"))
+        assert again.returncode == 0 and "the search ends here" in output, output
+        assert len(jobs_of(mongo_db, JOB_STATE_DONE)) == len(done)
+        assert not jobs_of(mongo_db, JOB_STATE_NEW)  # nothing queued
 
 
 @pytest.mark.slow

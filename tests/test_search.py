@@ -96,8 +96,8 @@ def test_memory_of_the_search_process_stays_flat(config, tiny_search_space, monk
     rss = []
     objective = hyperopt_optimize.optimize_cnn
 
-    def measured(hype_space, config):
-        result = objective(hype_space, config)
+    def measured(hype_space, config, earlier=None):
+        result = objective(hype_space, config, earlier)
         gc.collect()
         rss.append(process.memory_info().rss / 2**20)
         return result

@@ -15,7 +15,7 @@ ORIGINAL_RESULTS = Path(__file__).parent / "fixtures" / "original-results"
 ORIGINAL_BEST = ORIGINAL_RESULTS / "model_0.676100010872_6066e.txt.json"
 
 
-def cheap_objective(hype_space, config):
+def cheap_objective(hype_space, config, earlier=None):
     """Stands in for training: TPE's suggestion is what these tests look at."""
     return {"loss": -0.1, "status": "ok", "fine_best_accuracy": 0.1,
             "coarse_best_accuracy": 0.2, "model_name": "model_new", "space": hype_space}

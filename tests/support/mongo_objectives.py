@@ -3,11 +3,16 @@
 They run inside hyperopt_mongo_worker.py processes (the tests put this folder
 on the workers' PYTHONPATH) through mongo_search.worker_objective, like the
 real objective: `config` holds the driver's settings and the worker's own
-folders. They return a result of the real shape. What each does:
+folders, `earlier` the other trials' curves for pruning (unused here). They return a result of the real shape. What each does:
   quick  - 0.5 s of "training", then a result;
   slow   - marks that it started (a file named after the worker's pid) and
            takes 4 s, so a test can kill the worker in the middle;
-  poison - kills its worker (kill -9), as an out-of-memory kill would.
+  poison - kills its worker (kill -9), as an out-of-memory kill would;
+  perfect_on_first_worker - on a worker started with HKS_TEST_PERFECT=1, a
+           complete trial of perfect accuracy at every epoch, made up at
+           once; elsewhere real training (hyperopt_optimize.optimize_cnn,
+           with pruning), which the median rule must then prune after the
+           warm-up, from the other worker's curve read back from MongoDB.
 """
 
 import os
@@ -34,14 +39,25 @@ def finish(hype_space, config, seconds):
     return result
 
 
-def quick(hype_space, config):
+def quick(hype_space, config, earlier=None):
     return finish(hype_space, config, 0.5)
 
 
-def slow(hype_space, config):
+def slow(hype_space, config, earlier=None):
     Path(config.results_dir, f"started-{os.getpid()}-{time.time():.3f}").touch()
     return finish(hype_space, config, 4.0)
 
 
-def poison(hype_space, config):
+def poison(hype_space, config, earlier=None):
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def perfect_on_first_worker(hype_space, config, earlier=None):
+    import hyperopt_optimize
+    if os.environ.get("HKS_TEST_PERFECT") != "1":
+        return hyperopt_optimize.optimize_cnn(hype_space, config, earlier)
+    result = dict(fake_result(hype_space, 0.0), loss=-1.0, fine_best_accuracy=1.0,
+                  model_name=utils.model_name_for(1.0, uuid.uuid4().hex[:5]),
+                  history={"val_fine_outputs_accuracy": [1.0] * config.epochs})
+    utils.save_json_result(result, config.results_dir)
+    return result

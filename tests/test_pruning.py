@@ -1,0 +1,312 @@
+"""Stopping hopeless trials early: the median rule on hand-written curves,
+the Keras callback, a real local search that prunes and resumes,
+--stop-after-no-improvement, pruned trials in the analysis, and the replay
+on the original search's 42 learning curves (the README's figures)."""
+
+import json
+import math
+import pickle
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import analyze_results
+import hyperopt_optimize
+import pruning
+import utils
+from conftest import ROOT, SUPPORT, TINY_HYPE_SPACE
+
+NAN = float("nan")
+ORIGINAL_RESULTS = ROOT / "tests" / "fixtures" / "original-results"
+TINY_SEARCH = str(SUPPORT / "tiny_search.py")
+
+
+def rule(startup, warmup):
+    return pruning.MedianRule(startup=startup, warmup=warmup)
+
+
+# ------------------------------------------------------------ the rule ----
+
+def test_nothing_is_pruned_at_or_before_the_warmup_epoch():
+    thresholds = rule(1, 2).thresholds([[0.5, 0.6, 0.7, 0.8]], 4)
+    assert np.isnan(thresholds[:2]).all() and list(thresholds[2:]) == [0.7, 0.8]
+    assert list(rule(1, 2).below([0.1, 0.1, 0.1, 0.1], thresholds)) == [False, False, True, True]
+    assert rule(1, 2).first_stop([0.1, 0.1, 0.1], thresholds) == 3
+
+
+def test_nothing_is_pruned_before_startup_trials_have_completed():
+    two = [[0.5, 0.5], [0.7, 0.7]]
+    assert np.isnan(rule(3, 0).thresholds(two, 2)).all()
+    assert rule(3, 0).first_stop([0.0, 0.0], rule(3, 0).thresholds(two, 2)) is None
+    three = two + [[0.9, 0.9]]
+    assert list(rule(3, 0).thresholds(three, 2)) == [0.7, 0.7]
+    assert rule(3, 0).first_stop([0.0, 0.0], rule(3, 0).thresholds(three, 2)) == 1
+
+
+def test_epochs_that_too_few_completed_trials_reached_are_not_pruned():
+    # Curves of different lengths (earlier searches with other --epochs).
+    curves = [[0.2, 0.3, 0.4, 0.5], [0.2, 0.3], [0.4, 0.5]]
+    thresholds = rule(2, 0).thresholds(curves, 4)
+    assert list(thresholds[:2]) == [0.2, 0.3] and np.isnan(thresholds[2:]).all()
+    assert rule(2, 0).first_stop([0.25, 0.25, 0.0, 0.0], thresholds) == 2
+    assert rule(2, 0).first_stop([0.3, 0.0, 0.0, 0.0], thresholds) is None  # best so far 0.3
+    assert len(rule(2, 0).thresholds([[0.1] * 10] * 2, 4)) == 4  # longer curves are cut
+
+
+def test_the_median_of_an_even_count_and_a_tie_are_not_below():
+    thresholds = rule(2, 0).thresholds([[0.25], [0.75]], 1)
+    assert thresholds[0] == 0.5
+    assert not rule(2, 0).below([0.5], thresholds)[0]  # a tie goes on
+    assert rule(2, 0).below([0.49], thresholds)[0]
+
+
+def test_nan_epochs_are_left_out_on_both_sides():
+    curves = [[0.5, NAN], [0.5, 0.6], [NAN, 0.6]]
+    thresholds = rule(2, 0).thresholds(curves, 2)
+    assert list(thresholds) == [0.5, 0.6]  # two finite values at each epoch
+    assert np.isnan(rule(3, 0).thresholds(curves, 2)).all()
+    assert list(rule(2, 0).below([NAN, 0.4], thresholds)) == [False, True]
+    assert list(rule(2, 0).below([0.7, NAN], thresholds)) == [False, False]
+
+
+def test_completed_curves_leave_out_pruned_and_failed_trials():
+    results = [
+        {"status": "ok", "history": {"val_fine_outputs_accuracy": [0.1, 0.2]}},
+        {"status": "ok", "pruned": True, "history": {"val_fine_outputs_accuracy": [0.0]}},
+        {"status": "fail", "history": {"val_fine_outputs_accuracy": [0.3]}},
+        {"status": "ok", "history": {"val_fine_outputs_acc": [0.4, "NaN"]}},  # Keras 2 names
+    ]
+    curves = pruning.completed_curves(results)
+    assert curves[0] == [0.1, 0.2] and curves[1][0] == 0.4 and math.isnan(curves[1][1])
+    assert len(curves) == 2
+
+
+def test_the_callback_stops_training_and_says_why():
+    import neural_net
+    stopping = neural_net.MedianStopping(rule(1, 1), [[0.5, 0.6, 0.7]], 3)
+    stopping.set_model(types.SimpleNamespace(stop_training=False))
+    stopping.on_epoch_end(0, {"val_fine_outputs_accuracy": 0.1})
+    assert not stopping.model.stop_training and stopping.result_keys() == {"pruned": False}
+    stopping.on_epoch_end(1, {"val_fine_outputs_accuracy": 0.2})
+    assert stopping.model.stop_training
+    assert stopping.result_keys() == {"pruned": True, "pruned_at_epoch": 2,
+                                      "pruned_below_median": 0.6}
+
+
+def test_a_trial_whose_curve_source_cannot_be_read_trains_on():
+    """A MongoDB worker's trial whose read fails (None) keeps the curves it
+    had, here none: nothing to compare with, nothing pruned."""
+    import neural_net
+    reads = []
+    stopping = neural_net.MedianStopping(rule(1, 0), lambda: reads.append(1), 6)
+    stopping.set_model(types.SimpleNamespace(stop_training=False))
+    for epoch in range(6):
+        stopping.on_epoch_end(epoch, {"val_fine_outputs_accuracy": 0.0})
+    assert not stopping.model.stop_training
+    assert len(reads) == 1 + 6 // pruning.REFRESH_EPOCHS - (6 % pruning.REFRESH_EPOCHS == 0)
+
+
+def test_an_unreachable_mongodb_gives_no_curves_rather_than_an_error():
+    from conftest import free_port
+    curves = pruning.MongoCurves(f"mongo://127.0.0.1:{free_port()}/db/jobs", "exp")
+    assert curves() is None
+
+
+# ------------------------------------------- --stop-after-no-improvement ----
+
+def result(loss):
+    if loss is None:
+        return {"status": "fail", "error": "boom"}
+    return {"status": "ok", "loss": loss}
+
+
+def test_trials_without_improvement_counts_since_the_last_new_best():
+    losses = [-0.1, -0.2, None, -0.15, -0.2]  # a tie is no new best
+    assert pruning.trials_without_improvement([result(x) for x in losses]) == 3
+    assert pruning.trials_without_improvement([result(None)] * 2) == 2
+    assert pruning.trials_without_improvement([]) == 0
+    assert pruning.stalled([result(x) for x in losses], 4) == ""
+    assert "--stop-after-no-improvement 3" in pruning.stalled([result(x) for x in losses], 3)
+
+
+def test_the_local_search_ends_after_n_trials_without_a_new_best(config, monkeypatch, capsys):
+    losses = iter([-0.1, -0.3, -0.2, -0.25, -0.9, -0.9])
+
+    def objective(hype_space, config, earlier=None):
+        loss = next(losses)
+        return {"status": "ok", "loss": loss, "fine_best_accuracy": -loss,
+                "coarse_best_accuracy": 0.0, "model_name": f"model_{-loss}", "space": {}}
+
+    monkeypatch.setattr(hyperopt_optimize, "optimize_cnn", objective)
+    config.max_evals, config.stop_after, config.seed = 10, 2, 1
+    trials = hyperopt_optimize.run_search(config)
+    assert len(trials.trials) == 4
+    assert "No new best fine accuracy in the last 2 trials" in capsys.readouterr().out
+    assert len(hyperopt_optimize.run_search(config).trials) == 4  # resuming ends at once
+
+
+# ------------------------------------------------- a real local search ----
+
+def perfect_results(folder, epochs):
+    """Two finished trials whose validation accuracy is 0.9, 0.95, 0.99, ...:
+    any real trial on the tiny archive is below their median."""
+    for uid in ("aaaa1", "aaaa2"):
+        curve = [0.9, 0.95, 0.99][:epochs]
+        utils.save_json_result({
+            "status": "ok", "loss": -max(curve), "fine_best_accuracy": max(curve),
+            "coarse_best_accuracy": max(curve), "space": TINY_HYPE_SPACE,
+            "model_name": utils.model_name_for(max(curve), uid),
+            "history": {"val_fine_outputs_accuracy": curve}}, folder)
+
+
+def run_search(args, env, cwd):
+    return subprocess.run([sys.executable, TINY_SEARCH, *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_a_local_search_prunes_hopeless_trials_and_resumes_with_them(clean_env, tmp_path,
+                                                                    cifar_dir):
+    """Trials in their own processes (the default), the earlier curves sent to
+    them: each new trial falls below the median at epoch 2 and stops there."""
+    perfect_results(tmp_path / "warm", 3)
+    flags = ["--data-dir", str(cifar_dir), "--epochs", "3", "--no-plots", "--seed", "3",
+             "--prune-startup", "2", "--prune-warmup", "1"]
+    done = run_search([*flags, "--warm-start", "warm", "--max-evals", "4"], clean_env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("pruned at epoch 2 (below the median 0.9500)") == 2, done.stdout
+    assert "Pruned 2 of 4 trials, saving 2 epochs" in done.stdout
+
+    files = list((tmp_path / "results").glob("model_*.txt.json"))
+    assert len(files) == 2
+    for path in files:
+        pruned = json.loads(path.read_text())
+        assert pruned["status"] == "ok" and pruned["pruned"] is True
+        curve = pruned["history"]["val_fine_outputs_accuracy"]
+        assert pruned["pruned_at_epoch"] == 2 == len(curve) == pruned["epochs"]
+        assert pruned["pruned_below_median"] == pytest.approx(0.95)
+        assert pruned["loss"] == -max(curve) and pruned["model_name"] == path.name[:-9]
+
+    # Resumed without pruning: the pruned trials stay in the search, the new one runs all epochs.
+    again = run_search([*flags, "--max-evals", "5", "--prune", "none"], clean_env, tmp_path)
+    assert again.returncode == 0, again.stderr
+    with open(tmp_path / "results.pkl", "rb") as f:
+        results = [t["result"] for t in pickle.load(f).trials]
+    assert [bool(r.get("pruned")) for r in results] == [False, False, True, True, False]
+    assert results[-1]["epochs"] == 3 and "pruned" not in results[-1]
+    assert sum(r.get("epochs", 3) for r in results[2:]) < 3 * 3
+    assert "Pruned 2 of 5 trials" in again.stdout
+
+
+@pytest.mark.parametrize("args, env_extra, expected", [
+    (["--prune", "mean"], {}, "--prune: 'mean' is not one of median, none"),
+    (["--prune-startup", "0"], {}, "--prune-startup: '0' must be at least 1"),
+    (["--prune-warmup", "-1"], {}, "--prune-warmup: '-1' must be at least 0"),
+    (["--stop-after-no-improvement", "x"], {}, "--stop-after-no-improvement: 'x' is not a whole"),
+    ([], {"HKS_PRUNE": "sometimes"}, "HKS_PRUNE: 'sometimes' is not one of median, none"),
+    ([], {"HKS_STOP_AFTER": "0"}, "HKS_STOP_AFTER: '0' must be at least 1"),
+])
+def test_bad_pruning_values_are_refused_with_one_line_and_exit_2(clean_env, tmp_path, args,
+                                                                 env_extra, expected):
+    done = run_search(args, dict(clean_env, **env_extra), tmp_path)
+    assert done.returncode == 2 and expected in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------------ analysis ----
+
+def analysed_result(uid, curve, pruned):
+    extra = {"pruned": True, "pruned_at_epoch": len(curve), "pruned_below_median": 0.5} \
+        if pruned else {"pruned": False}
+    return dict({"status": "ok", "loss": -max(curve), "fine_best_accuracy": max(curve),
+                 "coarse_best_accuracy": max(curve), "epochs": len(curve),
+                 "space": TINY_HYPE_SPACE, "model_name": utils.model_name_for(max(curve), uid),
+                 "history": {"val_fine_outputs_accuracy": curve}}, **extra)
+
+
+def test_the_analysis_marks_pruned_trials(tmp_path, capsys):
+    for uid, curve, pruned in [("aaaa1", [0.3, 0.5, 0.6], False), ("aaaa2", [0.4, 0.6, 0.7], False),
+                               ("aaaa3", [0.1, 0.2], True)]:
+        utils.save_json_result(analysed_result(uid, curve, pruned), tmp_path)
+    assert analyze_results.main(["--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"0\.2000 .* 2 pruned", out) and "(3 successful, 1 of them pruned, 0 failed)" in out
+    frame = pd.read_csv(tmp_path / analyze_results.CSV_NAME)
+    by_name = frame.set_index("model_name")
+    pruned_row = by_name.loc[utils.model_name_for(0.2, "aaaa3")]
+    assert bool(pruned_row["pruned"]) and pruned_row["pruned_at_epoch"] == 2
+    assert frame["pruned"].sum() == 1 and frame["pruned_at_epoch"].isna().sum() == 2
+    for png in (analyze_results.HISTORY_PNG, analyze_results.CURVES_PNG):
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+# -------------------------------------------------------------- replay ----
+
+def test_the_replay_on_the_original_results_gives_the_readme_figures(tmp_path, monkeypatch,
+                                                                     capsys):
+    """The defaults, replayed on the original search's 42 complete curves,
+    keep its best trial (67.61%) in every order and save over half the epochs;
+    the README states these very numbers."""
+    for name in ("HKS_PRUNE_STARTUP", "HKS_PRUNE_WARMUP"):
+        monkeypatch.delenv(name, raising=False)
+    assert analyze_results.main(["--results-dir", str(ORIGINAL_RESULTS), "--out-dir",
+                                 str(tmp_path), "--replay-pruning"]) == 0
+    figures = json.loads((tmp_path / analyze_results.REPLAY_JSON).read_text())
+    defaults = utils.defaults_of(utils.TrialSettings)
+    assert figures["rule"] == {"name": "median", "startup": defaults["prune_startup"],
+                               "warmup": defaults["prune_warmup"]}
+    assert figures["trials"] == 42 and figures["orders"] == 500 and figures["epochs_full"] == 4200
+    assert figures["best_accuracy_full"] == pytest.approx(0.6761, abs=1e-4)
+    assert figures["best_kept_fraction"] >= 0.99
+    assert figures["epochs_saved_fraction"] >= 0.5
+    assert figures["epochs_with_pruning_mean"] == pytest.approx(
+        figures["epochs_full"] * (1 - figures["epochs_saved_fraction"]))
+    assert (tmp_path / analyze_results.REPLAY_PNG).stat().st_size > 1000
+
+    readme = (ROOT / "README.md").read_text()
+    table = capsys.readouterr().out
+    rows = [line.split() for line in table.splitlines() if re.match(r"^[*\s]+\d+\s+\d+\s", line)]
+    assert len(rows) == 1 + len(analyze_results.REPLAY_ALTERNATIVES)
+    for row in rows:
+        startup, warmup, saved, kept = row[-6:-2]
+        assert f"| {startup} | {warmup} | {saved} | {kept} |" in readme, row
+    assert f"{figures['epochs_saved_fraction']:.1%} of the epochs" in readme
+
+
+def test_the_replay_follows_the_flags_and_needs_two_complete_curves(tmp_path, capsys):
+    assert analyze_results.main(["--results-dir", str(ORIGINAL_RESULTS), "--out-dir",
+                                 str(tmp_path), "--replay-pruning", "--orders", "20",
+                                 "--seed", "4", "--prune-startup", "1",
+                                 "--prune-warmup", "0"]) == 0
+    figures = json.loads((tmp_path / analyze_results.REPLAY_JSON).read_text())
+    assert figures["rule"]["startup"] == 1 and figures["orders"] == 20 and figures["seed"] == 4
+    assert figures["best_kept_fraction"] < 1  # so eager that it loses the best at times
+    one = tmp_path / "one"
+    utils.save_json_result(analysed_result("aaaa1", [0.1, 0.2], False), one)
+    assert analyze_results.main(["--results-dir", str(one), "--replay-pruning"]) == 0
+    assert "Cannot replay pruning: 1 complete learning curve" in capsys.readouterr().out
+
+
+def test_bad_replay_flags_exit_2(capsys):
+    for flags in (["--orders", "0"], ["--prune-startup", "none"]):
+        with pytest.raises(SystemExit) as stop:
+            analyze_results.main(["--replay-pruning", *flags])
+        assert stop.value.code == 2
+    assert "--orders: '0' must be at least 1" in capsys.readouterr().err
+
+
+def test_help_and_readme_document_the_pruning_flags(clean_env, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "hyperopt_optimize.py"), "--help"],
+                          env=clean_env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0
+    readme = (ROOT / "README.md").read_text()
+    for text in ["--prune", "HKS_PRUNE", "--prune-startup", "HKS_PRUNE_STARTUP",
+                 "--prune-warmup", "HKS_PRUNE_WARMUP", "--stop-after-no-improvement",
+                 "HKS_STOP_AFTER", "52.5% of the epochs"]:
+        assert text in " ".join(done.stdout.split()) and text in readme, text

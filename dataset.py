@@ -306,17 +306,22 @@ def training_data(config, notices=True):
 
 # ------------------------------------ a synthetic archive in the real format ----
 
-def synthetic_split(n_images, rng, name):
+def synthetic_split(n_images, rng, name, templates=None):
     """One split as the real files pickle it: a dict with bytes keys, labels
     as lists, images as N x 3072 uint8 rows (1024 red, 1024 green, 1024 blue
-    values, row-major). Random pixels; coarse label = fine label // 5."""
+    values, row-major). Random pixels, or with `templates` (one image per
+    fine label) each label's template showing through the noise, so that a
+    model can learn something; coarse label = fine label // 5."""
     fine = rng.integers(0, NB_CLASSES_FINE, size=n_images)
+    pixels = rng.integers(0, 256, size=(n_images, PIXELS_PER_IMAGE), dtype=np.uint8)
+    if templates is not None:
+        pixels = ((templates[fine].astype(np.uint16) * 3 + pixels) // 4).astype(np.uint8)
     return {
         b"filenames": [f"synthetic_{name}_{i}.png".encode() for i in range(n_images)],
         b"batch_label": f"{name} batch 1 of 1".encode(),
         b"fine_labels": [int(v) for v in fine],
         b"coarse_labels": [int(v) // 5 for v in fine],
-        b"data": rng.integers(0, 256, size=(n_images, PIXELS_PER_IMAGE), dtype=np.uint8),
+        b"data": pixels,
     }
 
 
@@ -325,14 +330,23 @@ def synthetic_meta():
             b"coarse_label_names": [f"coarse_{i}".encode() for i in range(NB_CLASSES_COARSE)]}
 
 
-def write_synthetic_archive(path, n_train=400, n_test=100, seed=0, members=None):
+def write_synthetic_archive(path, n_train=400, n_test=100, seed=0, members=None,
+                            learnable=False):
     """Write a cifar-100-python.tar.gz of random images to `path`, with the
     real members (`cifar-100-python/train`, `test`, `meta`) pickled as Python
     2 wrote them (protocol 2). `members` may replace or add raw member bytes
-    (name -> bytes, or None to leave a member out) to make broken ones."""
+    (name -> bytes, or None to leave a member out) to make broken ones.
+    `learnable`: each label's images share a template under the noise, so
+    accuracy rises with training (for learning curves worth comparing)."""
     rng = np.random.default_rng(seed)
-    payloads = {"train": pickle.dumps(synthetic_split(n_train, rng, "training"), protocol=2),
-                "test": pickle.dumps(synthetic_split(n_test, rng, "testing"), protocol=2),
+    templates = None
+    if learnable:
+        templates = np.random.default_rng([seed, 1]).integers(
+            0, 256, size=(NB_CLASSES_FINE, PIXELS_PER_IMAGE), dtype=np.uint8)
+    payloads = {"train": pickle.dumps(synthetic_split(n_train, rng, "training", templates),
+                                      protocol=2),
+                "test": pickle.dumps(synthetic_split(n_test, rng, "testing", templates),
+                                     protocol=2),
                 "meta": pickle.dumps(synthetic_meta(), protocol=2)}
     payloads.update(members or {})
     with tarfile.open(path, "w:gz") as tar:

@@ -166,9 +166,9 @@ def run_search(config, trials=None):
             if search_has_stalled(trials, config):
                 break
             done = len(trials.trials)
-            objective = functools.partial(optimize_cnn, config=settings)
-            if rule is not None:  # the curves the trial compares itself with
-                objective.keywords["earlier"] = pruning.trials_curves(trials)
+            # With --prune, the curves of the finished trials, to compare with:
+            earlier = pruning.trials_curves(trials) if rule is not None else None
+            objective = functools.partial(optimize_cnn, config=settings, earlier=earlier)
             # A fresh generator per trial: seeded runs stay reproducible across resumes.
             rstate = np.random.default_rng(None if config.seed is None else [config.seed, done])
             started = time.perf_counter()

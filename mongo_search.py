@@ -278,14 +278,16 @@ def wait_for_running(trials, driver, follow, poll=1.0):
     """The search has ended: cancel the queued trials (workers will not take
     them) and follow the running ones to their end."""
     jobs = trials.handle.jobs
-    cancelled = jobs.update_many({"exp_key": driver.exp_key, "state": JOB_STATE_NEW},
-                                 {"$set": {"state": JOB_STATE_CANCEL}}).modified_count
+    queued = {"exp_key": driver.exp_key, "state": JOB_STATE_NEW}
+    cancel = {"$set": {"state": JOB_STATE_CANCEL}}
+    cancelled = jobs.update_many(queued, cancel).modified_count
     running = job_counts(jobs, driver.exp_key)[JOB_STATE_RUNNING]
     print(f"Cancelled {cancelled} queued trials; waiting for the {running} running.", flush=True)
     while job_counts(jobs, driver.exp_key)[JOB_STATE_RUNNING]:
         time.sleep(poll)
         trials.refresh()
         follow(trials)
+        jobs.update_many(queued, cancel)  # a dead worker's trial that follow requeued
 
 
 def worker_objective(objective, settings, expr, memo, ctrl):
@@ -303,9 +305,9 @@ def worker_objective(objective, settings, expr, memo, ctrl):
     if machine is not None:
         settings = dataclasses.replace(settings, **dataclasses.asdict(machine))
     curves = getattr(ctrl.trials.handle, "curves", None)  # pruning.MongoCurves
-    if curves is not None and pruning.rule_of(settings) is not None:
-        return objective(hype_space, settings, earlier=curves)
-    return objective(hype_space, settings)
+    if pruning.rule_of(settings) is None:
+        curves = None
+    return objective(hype_space, settings, earlier=curves)
 
 
 def job_counts(jobs, exp_key):

@@ -6,7 +6,9 @@ accuracy so far is below the median of the validation fine accuracy at epoch
 e of the search's earlier trials that completed (were not pruned) and reached
 epoch e. Nothing is pruned at or before epoch `warmup`, nor at an epoch that
 fewer than `startup` completed trials reached (so nothing before `startup`
-trials have completed). NaN values are left out on both sides.
+trials have completed), nor at the trial's last epoch (that saves nothing,
+and a trial that ran every epoch counts as completed). NaN values are left
+out on both sides.
 
 One copy of the rule serves both its users: the trials' Keras callback
 (neural_net.MedianStopping, fed with the earlier trials' curves by the search
@@ -14,7 +16,7 @@ or, on a MongoDB worker, by `MongoCurves`) and analyze_results.py
 --replay-pruning (`replay`, on the curves stored in result files). Nothing
 here imports Keras.
 
-    rule = MedianRule(startup=5, warmup=10)
+    rule = MedianRule(startup=4, warmup=25)
     medians = rule.thresholds(completed_curves(results), epochs=100)
     rule.below(curve_so_far, medians)[-1]    # True: stop the trial now
 """
@@ -41,8 +43,9 @@ class MedianRule:
         return {"name": "median", "startup": self.startup, "warmup": self.warmup}
 
     def thresholds(self, curves, epochs):
-        """For epochs 1..`epochs`: the median of the completed `curves` at that
-        epoch, NaN where the rule does not prune (warm-up, too few curves)."""
+        """For epochs 1..`epochs` (a trial's length): the median of the
+        completed `curves` at that epoch, NaN where the rule does not prune
+        (warm-up, too few curves, the last epoch)."""
         table = np.full((len(curves), epochs), np.nan)
         for row, curve in zip(table, curves):
             values = np.asarray(curve[:epochs], dtype=float)
@@ -59,6 +62,7 @@ class MedianRule:
                     warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
                     medians[enough] = np.nanmedian(used, axis=0)
         medians[:self.warmup] = np.nan
+        medians[-1:] = np.nan  # stopping after the last epoch saves nothing
         return medians
 
     def below(self, curve, thresholds):
@@ -122,7 +126,8 @@ class MongoCurves:
         try:
             docs = jobs.jobs.find({"exp_key": self.exp_key, "state": JOB_STATE_DONE,
                                    "result.status": "ok", "result.pruned": {"$ne": True}},
-                                  projection=["result.status", "result.history"])
+                                  projection=["result.status"] + [
+                                      f"result.history.{key}" for key in utils.VAL_FINE_KEYS])
             return completed_curves([doc["result"] for doc in docs])
         except pymongo.errors.PyMongoError:
             return None

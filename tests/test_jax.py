@@ -26,6 +26,12 @@ for change in [{{"residual": 1.0, "use_BN": True, "activation": "elu"}}]:
     print("RESULT", json.dumps({{"backend": keras.backend.backend(), "status": result["status"],
                                "name": name, "acc": result["fine_best_accuracy"]}}))
     keras.backend.clear_session()
+# Pruned at the first epoch by the median of a perfect earlier trial:
+pruned = utils.TrialSettings(epochs=2, data_dir={data!r}, offline=True, dataset_size=200,
+                             prune_startup=1, prune_warmup=0)
+_, _, result = neural_net.build_and_train(space, config=pruned, earlier=[[1.0, 1.0]])
+print("PRUNED", json.dumps({{"pruned": result["pruned"], "at": result["pruned_at_epoch"],
+                            "epochs": result["epochs"]}}))
 """
 
 
@@ -40,3 +46,6 @@ def test_build_and_train_under_jax(cifar_dir, clean_env):
     for result in results:
         assert result["backend"] == "jax" and result["status"] == "ok"
         assert result["name"].startswith("model_")
+    pruned = [json.loads(line[len("PRUNED "):]) for line in done.stdout.splitlines()
+              if line.startswith("PRUNED ")]
+    assert pruned == [{"pruned": True, "at": 1, "epochs": 1}]

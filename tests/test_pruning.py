@@ -33,20 +33,21 @@ def rule(startup, warmup):
 
 # ------------------------------------------------------------ the rule ----
 
-def test_nothing_is_pruned_at_or_before_the_warmup_epoch():
-    thresholds = rule(1, 2).thresholds([[0.5, 0.6, 0.7, 0.8]], 4)
-    assert np.isnan(thresholds[:2]).all() and list(thresholds[2:]) == [0.7, 0.8]
-    assert list(rule(1, 2).below([0.1, 0.1, 0.1, 0.1], thresholds)) == [False, False, True, True]
+def test_nothing_is_pruned_at_or_before_the_warmup_epoch_nor_at_the_last():
+    thresholds = rule(1, 2).thresholds([[0.5, 0.6, 0.7, 0.8, 0.9]], 5)
+    assert np.isnan(thresholds[:2]).all() and list(thresholds[2:4]) == [0.7, 0.8]
+    assert np.isnan(thresholds[4])  # stopping after the last epoch would save nothing
+    assert list(rule(1, 2).below([0.1] * 5, thresholds)) == [False, False, True, True, False]
     assert rule(1, 2).first_stop([0.1, 0.1, 0.1], thresholds) == 3
 
 
 def test_nothing_is_pruned_before_startup_trials_have_completed():
-    two = [[0.5, 0.5], [0.7, 0.7]]
-    assert np.isnan(rule(3, 0).thresholds(two, 2)).all()
-    assert rule(3, 0).first_stop([0.0, 0.0], rule(3, 0).thresholds(two, 2)) is None
-    three = two + [[0.9, 0.9]]
-    assert list(rule(3, 0).thresholds(three, 2)) == [0.7, 0.7]
-    assert rule(3, 0).first_stop([0.0, 0.0], rule(3, 0).thresholds(three, 2)) == 1
+    two = [[0.5, 0.5, 0.5], [0.7, 0.7, 0.7]]
+    assert np.isnan(rule(3, 0).thresholds(two, 3)).all()
+    assert rule(3, 0).first_stop([0.0, 0.0, 0.0], rule(3, 0).thresholds(two, 3)) is None
+    three = two + [[0.9, 0.9, 0.9]]
+    assert list(rule(3, 0).thresholds(three, 3)[:2]) == [0.7, 0.7]
+    assert rule(3, 0).first_stop([0.0, 0.0, 0.0], rule(3, 0).thresholds(three, 3)) == 1
 
 
 def test_epochs_that_too_few_completed_trials_reached_are_not_pruned():
@@ -60,17 +61,17 @@ def test_epochs_that_too_few_completed_trials_reached_are_not_pruned():
 
 
 def test_the_median_of_an_even_count_and_a_tie_are_not_below():
-    thresholds = rule(2, 0).thresholds([[0.25], [0.75]], 1)
+    thresholds = rule(2, 0).thresholds([[0.25, 0.25], [0.75, 0.75]], 2)
     assert thresholds[0] == 0.5
     assert not rule(2, 0).below([0.5], thresholds)[0]  # a tie goes on
     assert rule(2, 0).below([0.49], thresholds)[0]
 
 
 def test_nan_epochs_are_left_out_on_both_sides():
-    curves = [[0.5, NAN], [0.5, 0.6], [NAN, 0.6]]
-    thresholds = rule(2, 0).thresholds(curves, 2)
-    assert list(thresholds) == [0.5, 0.6]  # two finite values at each epoch
-    assert np.isnan(rule(3, 0).thresholds(curves, 2)).all()
+    curves = [[0.5, NAN, 0.0], [0.5, 0.6, 0.0], [NAN, 0.6, 0.0]]
+    thresholds = rule(2, 0).thresholds(curves, 3)
+    assert list(thresholds[:2]) == [0.5, 0.6]  # two finite values at each epoch
+    assert np.isnan(rule(3, 0).thresholds(curves, 3)[:2]).all()
     assert list(rule(2, 0).below([NAN, 0.4], thresholds)) == [False, True]
     assert list(rule(2, 0).below([0.7, NAN], thresholds)) == [False, False]
 
@@ -201,6 +202,20 @@ def test_a_local_search_prunes_hopeless_trials_and_resumes_with_them(clean_env, 
     assert results[-1]["epochs"] == 3 and "pruned" not in results[-1]
     assert sum(r.get("epochs", 3) for r in results[2:]) < 3 * 3
     assert "Pruned 2 of 5 trials" in again.stdout
+
+
+def test_with_a_validation_split_pruning_watches_it_and_the_test_split_is_still_scored(
+        config, tiny_space):
+    """--val-split: the rule reads the validation split's accuracy (the
+    history's val_*), and the pruned trial is still scored on the test split."""
+    import neural_net
+    config.epochs, config.val_split, config.prune_startup, config.prune_warmup = 3, 0.25, 1, 1
+    _, _, result = neural_net.build_and_train(tiny_space, config=config,
+                                              earlier=[[1.0, 1.0, 1.0]])
+    assert result["pruned"] and result["pruned_at_epoch"] == 2 == result["epochs"]
+    assert result["validation_images"] == 100 and result["train_images"] == 300
+    assert 0 <= result["test_fine_accuracy"] <= 1
+    assert result["history"]["val_fine_outputs_accuracy"][-1] < 1.0
 
 
 @pytest.mark.parametrize("args, env_extra, expected", [

@@ -14,6 +14,8 @@ Nothing here imports Keras: queueing trials starts in a second.
 import dataclasses
 import datetime
 import functools
+import ipaddress
+import re
 import sys
 import time
 import urllib.parse
@@ -52,7 +54,11 @@ def mongo_url(text):
     if scheme not in ("mongodb", "mongo"):
         raise ValueError(f"{shown}: scheme {scheme}:// is not supported ({example}; "
                          "mongodb+srv:// and ssh tunnels are not)")
-    parts = urllib.parse.urlsplit("//" + rest)
+    try:
+        parts = urllib.parse.urlsplit("//" + rest)
+    except ValueError:  # Python checks [IPv6] literals itself
+        host = rest.partition("]")[0].rpartition("@")[2] + "]"
+        raise ValueError(f"{shown}: {host} is not a valid IPv6 address") from None
     if "," in parts.netloc:
         raise ValueError(f"{shown}: one host only; hyperopt cannot use a replica-set list")
     try:
@@ -65,6 +71,9 @@ def mongo_url(text):
     path = path or [MONGO_DEFAULT_DB]
     if not parts.hostname or len(path) != 1:
         raise ValueError(f"{shown}: {example}")
+    problem = host_problem(parts.netloc.rpartition("@")[2], parts.hostname)
+    if problem:
+        raise ValueError(f"{shown}: {problem}")
     database = path[0]
     if any(c in database for c in ' ."$\\') or len(database) > 63:
         raise ValueError(f"{shown}: {database!r} is not a valid MongoDB database name")
@@ -81,6 +90,26 @@ def mongo_url(text):
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     tail = f"?authSource={query['authSource'][-1]}" if query.get("authSource") else ""
     return f"mongo://{auth}{host}:{port}/{database}/{MONGO_JOBS_COLLECTION}{tail}"
+
+
+HOST_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
+
+
+def host_problem(netloc, hostname):
+    """Why a host cannot be a MongoDB server's name or address (spaces, empty
+    labels, characters a DNS name cannot hold, a malformed IPv6 literal), or
+    None. Caught here, it is refused at once instead of after a 5 s timeout."""
+    if netloc.startswith("["):
+        try:
+            ipaddress.IPv6Address(hostname)
+        except ValueError:
+            return f"[{hostname}] is not a valid IPv6 address"
+        return None
+    if len(hostname) > 253 or not all(HOST_LABEL.fullmatch(label)
+                                      for label in hostname.split(".")):
+        return (f"host {hostname!r} is not a valid host name or address (letters, digits, "
+                "'-', '_' and '.' between non-empty parts)")
+    return None
 
 
 def mongo_url_from_parts(environ):
@@ -105,7 +134,10 @@ def mongo_url_from_parts(environ):
 
 def redact(url):
     """A MongoDB URL fit to print: the password replaced by ***."""
-    parts = urllib.parse.urlsplit(url if "://" in url else "//" + url)
+    try:
+        parts = urllib.parse.urlsplit(url if "://" in url else "//" + url)
+    except ValueError:  # a malformed [IPv6] host: hide whatever stands before the @
+        return re.sub(r"^((?:[a-z]+://)?[^:/@]*):[^@]*@", r"\1:***@", url)
     if parts.password is None:
         return url
     return url.replace(f":{parts.password}@", ":***@", 1)

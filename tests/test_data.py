@@ -258,3 +258,24 @@ def test_a_connection_dropped_mid_download_is_one_clear_error(tmp_path, monkeypa
     with pytest.raises(dataset.DatasetError, match="download failed .*IncompleteRead"):
         dataset.load_cifar100(config=utils.SearchSettings(
             data_dir=str(tmp_path), keras_home=str(tmp_path / "kh")))
+
+
+def test_the_learnable_synthetic_archive_can_be_learned_and_the_plain_one_cannot(tmp_path):
+    """learnable=True (for measuring pruning on curves that rise): each
+    label's images share a template, so the nearest class mean of the
+    training images names most test labels; random pixels name about 1%."""
+    def nearest_mean_accuracy(folder, learnable):
+        dataset.write_synthetic_archive(folder / "cifar-100-python.tar.gz", 2000, 200,
+                                        learnable=learnable)
+        (x, fine, _), (x_test, fine_test, _) = dataset.load_cifar100(
+            config=utils.MachineSettings(data_dir=str(folder), offline=True), notices=False)
+        flat = x.reshape(len(x), -1).astype(np.float32)
+        means = np.stack([flat[fine == label].mean(axis=0) for label in range(100)])
+        test = x_test.reshape(len(x_test), -1).astype(np.float32)
+        distances = (means ** 2).sum(axis=1)[None, :] - 2 * test @ means.T
+        return (distances.argmin(axis=1) == fine_test).mean()
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert nearest_mean_accuracy(tmp_path / "a", learnable=True) > 0.9
+    assert nearest_mean_accuracy(tmp_path / "b", learnable=False) < 0.1

@@ -72,6 +72,9 @@ def test_bad_values_are_refused(argv, environ, expected):
     ("mongodb://u:p%40ss@h:1234/exp?authSource=admin",
      "mongo://u:p%40ss@h:1234/exp/jobs?authSource=admin"),
     ("mongo://localhost:22334/foo/jobs", "mongo://localhost:22334/foo/jobs"),
+    ("[::1]:27017/db", "mongo://[::1]:27017/db/jobs"),
+    ("mongo_db-1.internal_net/db", "mongo://mongo_db-1.internal_net:27017/db/jobs"),
+    ("127.0.0.1/db", "mongo://127.0.0.1:27017/db/jobs"),
 ])
 def test_mongo_addresses_become_hyperopts_urls(given, expected):
     assert parse(["--mongo", given], {}).mongo == expected
@@ -86,6 +89,12 @@ def test_mongo_addresses_become_hyperopts_urls(given, expected):
     ("h/db/extra", "expected HOST:PORT/DB"),
     ("h/a.b", "not a valid MongoDB database name"),
     ("mongodb://:secret@h/db", "a password needs a user name"),
+    ("not a url", "host 'not a url' is not a valid host name"),
+    ("db..example.com/x", "host 'db..example.com' is not a valid host name"),
+    ("db.example.com./x", "is not a valid host name"),
+    ("mongodb://u:p@ex$ample:27017/db", "host 'ex$ample' is not a valid host name"),
+    ("[::1::2]:27017/db", "[::1::2] is not a valid IPv6 address"),
+    ("mongodb://u:secret@[::1::2]:1/db", "'mongodb://u:***@[::1::2]:1/db': [::1::2] is not a"),
 ])
 def test_bad_mongo_addresses_say_what_is_wrong(given, reason):
     with pytest.raises(utils.UsageError, match="--mongo: .*" + re.escape(reason)):

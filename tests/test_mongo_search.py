@@ -205,6 +205,36 @@ def test_a_worker_killed_mid_trial_has_its_trial_requeued(tmp_path, mongo_db, ex
 
 
 @pytest.mark.slow
+def test_a_worker_that_hangs_after_its_first_heartbeat_has_its_trial_requeued(
+        tmp_path, mongo_db, experiment):
+    """A worker frozen (SIGSTOP) after it has sent heartbeats: the driver
+    matches the trial on the refresh_time it read back (milliseconds, as
+    MongoDB stores them) and puts it back in the queue for the other worker."""
+    driver, workers, log = experiment("slow", 2, "--max-evals", "2", "--stale-after", "3",
+                                      "--queue-len", "1")
+    started = lambda: [p for w in ("w1", "w2")  # noqa: E731
+                       for p in (tmp_path / w / "results").glob("started-*")]
+    wait_until(started, 120, "a worker to start a trial")
+    victim = next(w for w in workers if w.pid == int(started()[0].name.split("-")[1]))
+    wait_until(lambda: any(j.get("refresh_time") and j["state"] == 1 for j in jobs_of(mongo_db)),
+               30, "a heartbeat of the running trial")
+    time.sleep(1.0)  # a few more heartbeats (every 0.3 s)
+    victim.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: any(j.get("requeue_count") for j in jobs_of(mongo_db)), 60,
+                   "the frozen worker's trial to be requeued")
+        output = finish(driver, log, timeout=120)
+    finally:
+        victim.kill()
+    assert driver.returncode == 0, output
+    done = jobs_of(mongo_db, JOB_STATE_DONE)
+    assert len(done) == 2 and len(jobs_of(mongo_db)) == 2, output
+    [requeued] = [j for j in done if j.get("requeue_count")]
+    assert requeued["owner"].split(":")[1] != str(victim.pid)  # finished by the other worker
+    assert "put back in the queue (1/2)" in output
+
+
+@pytest.mark.slow
 def test_a_stopped_worker_puts_its_trial_back_at_once(tmp_path, mongo_db, experiment):
     """Ctrl-C or SIGTERM (docker stop): hyperopt would mark the trial as an error."""
     driver, [worker], _ = experiment("slow", 1, "--max-evals", "1")

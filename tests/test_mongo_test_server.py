@@ -122,6 +122,19 @@ def test_update(db):
     assert sorted(d["n"] for d in db.c.find({"k": {"$lt": 99}, "n": {"$exists": True}})) == [1, 1, 1, 2]
 
 
+def test_current_date_is_stored_in_milliseconds_and_matches_what_was_read(db):
+    """As in MongoDB (a BSON date has milliseconds): the driver requeues a
+    silent worker's trial only if nothing changed since it read the trial,
+    matching on the refresh_time it read back."""
+    db.jobs.insert_one({"k": 1})
+    for _ in range(5):  # one of them would land on a fraction of a millisecond
+        db.jobs.update_one({"k": 1}, {"$currentDate": {"refresh_time": True}})
+        read = db.jobs.find_one({"k": 1})["refresh_time"]
+        assert read.microsecond % 1000 == 0
+        assert db.jobs.update_one({"k": 1, "refresh_time": read},
+                                  {"$set": {"seen": True}}).matched_count == 1
+
+
 def test_find_one_and_update(db):
     # The hyperopt new_trial_ids pattern: $inc with upsert on an empty collection.
     ids = db.job_ids

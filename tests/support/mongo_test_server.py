@@ -125,6 +125,7 @@ class Backend:
         with self._client_lock:  # mongomock imports pymongo: ~0.25 s, so lazily
             if self._client is None:
                 import mongomock
+                mongomock.utcnow = stored_now  # $currentDate, as MongoDB stores it
                 self._client = mongomock.MongoClient()
         return self._client
 
@@ -260,6 +261,14 @@ def run_writes(statements, ordered, execute, where):
 
 def now_utc():
     return datetime.datetime.now(datetime.timezone.utc)
+
+
+def stored_now():
+    """Now as MongoDB stores a date: UTC milliseconds. mongomock's own
+    $currentDate keeps microseconds, so a document could never be matched
+    again by the date a client read back from it (BSON has milliseconds)."""
+    now = now_utc().replace(tzinfo=None)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 # ---------------------------------------------------- admin/handshake cmds --

@@ -7,7 +7,10 @@ folders, `earlier` the other trials' curves for pruning (unused here). They retu
   quick  - 0.5 s of "training", then a result;
   slow   - marks that it started (a file named after the worker's pid) and
            takes 4 s, so a test can kill the worker in the middle;
-  poison - kills its worker (kill -9), as an out-of-memory kill would;
+  poison - kills its worker (kill -9) after 1 s, as an out-of-memory kill
+           would: always after some heartbeats, which a server that kept
+           dates in microseconds would never let the driver match (the
+           reason this test once failed on a loaded machine);
   perfect_on_first_worker - on a worker started with HKS_TEST_PERFECT=1, a
            complete trial of perfect accuracy at every epoch, made up at
            once; elsewhere real training (hyperopt_optimize.optimize_cnn,
@@ -49,6 +52,7 @@ def slow(hype_space, config, earlier=None):
 
 
 def poison(hype_space, config, earlier=None):
+    time.sleep(1.0)  # always after a few heartbeats (the tests beat every 0.3 s)
     os.kill(os.getpid(), signal.SIGKILL)
 
 

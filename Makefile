@@ -9,7 +9,7 @@ EXPERIMENT_NAME ?= hyperopt_keras_cifar100
 MONGO_DB_PORT ?= 27017
 export EXPERIMENT_NAME MONGO_DB_HOST MONGO_DB_PORT
 
-.PHONY: install_req install_req_gpu install_dev install_graph_viz run_hyperopt run_hyperopt_worker test test-fast bench clean_results
+.PHONY: install_req install_req_gpu install_dev install_graph_viz install_compose run_hyperopt run_hyperopt_worker test test-fast bench clean_results
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,18 +33,26 @@ install_graph_viz:
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q graphviz; } \
 	  || echo "warning: could not install graphviz; model plots will be skipped"
 
+# Compose v1 as Debian ships it (docker-compose 1.29): the tests run its
+# `config` on local_infra/docker-compose.yml (no Docker engine needed).
+install_compose:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q docker-compose; } \
+	  || echo "warning: could not install docker-compose; its tests will be skipped"
+
 run_hyperopt: install_req install_graph_viz
 	$(BIN)/python hyperopt_optimize.py
 
 run_hyperopt_worker: install_req
 	$(BIN)/python hyperopt_mongo_worker.py
 
-test: install_dev install_graph_viz
+test: install_dev install_graph_viz install_compose
 	$(BIN)/python -m pytest -q tests
 
 # The quick part of the suite, while you work: the tests marked slow (searches
 # and MongoDB in subprocesses, JAX, the benchmark) are left out.
-test-fast: install_dev install_graph_viz
+test-fast: install_dev install_graph_viz install_compose
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 # Throughput against a plain Keras reference, trial overhead, TPE latency and

@@ -1,9 +1,14 @@
-"""Static checks of the deployment files: local_infra/docker-compose.yml,
-local_infra/Dockerfile, local_infra/.env.example and .dockerignore. No docker,
-no network: the files are parsed and their promises checked."""
+"""Checks of the deployment files: local_infra/docker-compose.yml,
+local_infra/Dockerfile, local_infra/.env.example and .dockerignore. No Docker
+engine and no network: Compose itself (`docker-compose config`, v1 as Debian
+ships it: `make install_compose`) validates the compose file and resolves it
+with the .env.example values, and the services are checked as resolved.
+What Compose does not check (the variables against .env.example and the
+programs, the Dockerfile, .dockerignore) is checked from the files."""
 
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -37,7 +42,30 @@ def compose():
 
 @pytest.fixture(scope="module")
 def services(compose):
+    """The services as written (variables not substituted)."""
     return compose["services"]
+
+
+def compose_config(*flags):
+    """`docker-compose --env-file .env.example [flags] config`, run in
+    local_infra/ as a user would: the resolved file, parsed."""
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed (make install_compose)")
+    done = subprocess.run(["docker-compose", "--env-file", ENV_EXAMPLE.name, *flags, "config"],
+                          cwd=INFRA, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"Compose refuses the file:\n{done.stderr}"
+    return yaml.safe_load(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def resolved():
+    """The compose file as Compose resolves it, with the cpu profile."""
+    return compose_config("--profile", "cpu")
+
+
+@pytest.fixture(scope="module")
+def resolved_services(resolved):
+    return resolved["services"]
 
 
 # --- helpers: compose's syntaxes, read the way compose reads them ---
@@ -109,27 +137,6 @@ def environment(service):
     return env
 
 
-def published_host_ip(port):
-    """(host address, host port) a `ports:` entry publishes on, short or long
-    syntax; the address is "" when the port is open on every interface."""
-    if isinstance(port, dict):
-        return str(port.get("host_ip", "")), str(port.get("published", ""))
-    text = str(port).split("/", 1)[0]  # drop /tcp, /udp
-    if text.startswith("["):  # [::1]:27017:27017
-        host, _, rest = text[1:].partition("]:")
-        return host, rest.split(":")[0]
-    parts = text.split(":")
-    if len(parts) == 1:  # "27017": a random host port on every interface
-        return "", ""
-    if len(parts) == 2:  # "27017:27017"
-        return "", parts[0]
-    return ":".join(parts[:-2]), parts[-2]
-
-
-def is_loopback(host_ip):
-    return host_ip in ("127.0.0.1", "::1")
-
-
 def mounts(service):
     """[(source, target, read_only)] of a service's volumes, short or long syntax."""
     found = []
@@ -158,9 +165,29 @@ def without_keys(mapping, *keys):
 
 # --- the compose file ---
 
-def test_compose_file_parses_without_obsolete_version_key(compose):
-    assert isinstance(compose, dict) and isinstance(compose.get("services"), dict)
-    assert "version" not in compose
+def test_compose_v1_and_v2_both_read_the_file(compose, resolved):
+    """No `version:` (obsolete in v2) and no `name:` (v2 only: v1 refuses
+    the whole file); the project's name comes from COMPOSE_PROJECT_NAME."""
+    assert "version" not in compose and "name" not in compose
+    assert set(resolved["services"]) == set(APPS + [MONGO])
+    assert env_example()["COMPOSE_PROJECT_NAME"][0] == "hyperopt-keras-cifar100"
+
+
+def test_compose_resolves_the_file_without_the_cpu_profile_too():
+    assert set(compose_config()["services"]) >= {MONGO, DRIVER, WORKER}
+
+
+def test_compose_refuses_to_start_without_the_mongodb_credentials(tmp_path):
+    """The credentials are ${VAR:?message}: Compose stops with the message."""
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed (make install_compose)")
+    env_file = tmp_path / "no-password.env"
+    env_file.write_text("\n".join(line for line in ENV_EXAMPLE.read_text().splitlines()
+                                  if not line.startswith("MONGO_INITDB_ROOT_PASSWORD=")))
+    done = subprocess.run(["docker-compose", "--env-file", str(env_file), "config"], cwd=INFRA,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "set MONGO_INITDB_ROOT_PASSWORD in local_infra/.env" in done.stderr
 
 
 def test_the_services_exist_and_only_the_cpu_worker_is_behind_a_profile(services):
@@ -177,42 +204,30 @@ def test_mongo_image_is_pinned_to_major_version_8(services):
     assert match.group(1) == "8"
 
 
-def test_mongo_data_is_on_a_declared_named_volume(compose, services):
-    data = [(source, ro) for source, target, ro in mounts(services[MONGO])
+def test_mongo_data_is_on_a_declared_named_volume(resolved, resolved_services):
+    data = [(source, ro) for source, target, ro in mounts(resolved_services[MONGO])
             if target == "/data/db"]
     assert len(data) == 1, "/data/db is not mounted: a restart would lose the trials"
     source, read_only = data[0]
     assert source and not source.startswith((".", "/", "~")), f"{source!r} is not a named volume"
-    assert source in (compose.get("volumes") or {}), f"volume {source!r} is not declared"
+    assert source in (resolved.get("volumes") or {}), f"volume {source!r} is not declared"
     assert not read_only
 
 
-@pytest.mark.parametrize("port, loopback", [
-    ("27017", False), ("27017:27017", False), ("0.0.0.0:27017:27017", False),
-    ("127.0.0.1:27017:27017", True), ("127.0.0.1:27017:27017/tcp", True),
-    ("[::1]:27017:27017", True), ({"target": 27017, "published": 27017}, False),
-    ({"target": 27017, "published": 27017, "host_ip": "127.0.0.1"}, True),
-    ({"target": 27017, "host_ip": "0.0.0.0"}, False),
-])
-def test_the_port_parser_tells_loopback_from_public(port, loopback):
-    assert is_loopback(published_host_ip(port)[0]) is loopback
-
-
-def test_no_service_publishes_a_port_beyond_localhost(services):
-    for name, service in services.items():
+def test_no_service_publishes_a_port_nor_uses_the_hosts_network(resolved_services):
+    for name, service in resolved_services.items():
         assert service.get("network_mode") != "host", f"{name} uses the host's network"
-        for port in service.get("ports", []):
-            host_ip, _ = published_host_ip(port)
-            assert is_loopback(host_ip), f"{name} publishes {port!r} on every interface"
+        assert not service.get("ports"), f"{name} publishes {service['ports']!r}"
 
 
-def test_mongo_is_on_an_internal_network_with_the_apps(compose, services):
-    networks = compose.get("networks") or {}
-    mongo_networks = set(services[MONGO].get("networks", []))
+def test_mongo_is_on_an_internal_network_with_the_apps(resolved, resolved_services):
+    networks = resolved.get("networks") or {}
+    mongo_networks = set(resolved_services[MONGO].get("networks", []))
     internal = {name for name in mongo_networks if (networks.get(name) or {}).get("internal")}
     assert internal, "MongoDB is not on a declared internal network"
     for name in APPS:
-        assert internal & set(services[name].get("networks", [])), f"{name} cannot reach MongoDB"
+        assert internal & set(resolved_services[name].get("networks", [])), \
+            f"{name} cannot reach MongoDB"
 
 
 def test_mongo_has_a_ping_healthcheck(services):
@@ -227,8 +242,8 @@ def test_mongo_has_a_ping_healthcheck(services):
 
 
 @pytest.mark.parametrize("name", APPS)
-def test_driver_and_workers_wait_for_a_healthy_mongo(services, name):
-    depends = services[name].get("depends_on")
+def test_driver_and_workers_wait_for_a_healthy_mongo(resolved_services, name):
+    depends = resolved_services[name].get("depends_on")
     assert isinstance(depends, dict), f"{name}: depends_on must use the long syntax"
     assert depends[MONGO]["condition"] == "service_healthy"
 
@@ -255,20 +270,22 @@ def test_workers_are_scalable(services, name):
     assert services[name].get("restart") == "on-failure"
 
 
-def test_the_gpu_worker_reserves_nvidia_gpus(services):
-    devices = services[WORKER]["deploy"]["resources"]["reservations"]["devices"]
+def test_the_gpu_worker_reserves_nvidia_gpus(resolved_services):
+    worker = resolved_services[WORKER]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert any(device.get("driver") == "nvidia" and "gpu" in device.get("capabilities", [])
                and (device.get("count") == "all" or device.get("device_ids"))
                for device in devices)
-    assert str(environment(services[WORKER])["TF_FORCE_GPU_ALLOW_GROWTH"]).lower() == "true"
+    assert str(environment(worker)["TF_FORCE_GPU_ALLOW_GROWTH"]).lower() == "true"
 
 
-def test_the_cpu_worker_is_the_gpu_worker_without_a_gpu(services):
-    cpu = services[WORKER_CPU]
+def test_the_cpu_worker_is_the_gpu_worker_without_a_gpu(resolved_services):
+    cpu = resolved_services[WORKER_CPU]
     devices = ((cpu.get("deploy") or {}).get("resources") or {}).get("reservations", {})
     assert not devices.get("devices") and "gpus" not in cpu and "runtime" not in cpu
-    assert without_keys(cpu, "deploy", "profiles") == without_keys(services[WORKER], "deploy",
-                                                                    "profiles")
+    assert cpu.get("profiles") == ["cpu"]
+    assert without_keys(cpu, "deploy", "profiles") == without_keys(
+        resolved_services[WORKER], "deploy", "profiles")
 
 
 def test_the_driver_needs_neither_gpu_nor_data_set(services):
@@ -278,24 +295,24 @@ def test_the_driver_needs_neither_gpu_nor_data_set(services):
 
 
 @pytest.mark.parametrize("name", WORKERS)
-def test_workers_mount_the_data_set_and_the_results(services, name):
+def test_workers_mount_the_data_set_and_the_results(resolved_services, name):
     """ml_req/ is writable: the decoded copy of the archive is kept there."""
-    found = {target: (source, ro) for source, target, ro in mounts(services[name])}
-    env = environment(services[name])
-    assert found[env["HKS_DATA_DIR"]] == ("../ml_req", False)
-    assert found[env["HKS_RESULTS_DIR"]] == ("../results", False)
+    found = {target: (source, ro) for source, target, ro in mounts(resolved_services[name])}
+    env = environment(resolved_services[name])
+    assert found[env["HKS_DATA_DIR"]] == (str(ROOT / "ml_req"), False)
+    assert found[env["HKS_RESULTS_DIR"]] == (str(ROOT / "results"), False)
 
 
-def test_the_driver_mounts_the_results(services):
-    found = {target: (source, ro) for source, target, ro in mounts(services[DRIVER])}
-    assert found["/app/results"] == ("../results", False)
+def test_the_driver_mounts_the_results(resolved_services):
+    found = {target: (source, ro) for source, target, ro in mounts(resolved_services[DRIVER])}
+    assert found["/app/results"] == (str(ROOT / "results"), False)
 
 
-def test_services_share_one_image_built_from_the_repository_root(services):
-    builds = [services[name]["build"] for name in APPS]
+def test_services_share_one_image_built_from_the_repository_root(resolved_services):
+    builds = [resolved_services[name]["build"] for name in APPS]
     assert all(build == builds[0] for build in builds)
-    assert len({services[name]["image"] for name in APPS}) == 1
-    assert (INFRA / builds[0]["context"]).resolve() == ROOT
+    assert len({resolved_services[name]["image"] for name in APPS}) == 1
+    assert Path(builds[0]["context"]).resolve() == ROOT
     assert (ROOT / builds[0]["dockerfile"]).resolve() == DOCKERFILE
 
 
@@ -313,7 +330,7 @@ def test_the_scripts_exist_at_the_repository_root(script):
 
 def test_every_compose_variable_is_documented_in_env_example_and_back(compose):
     used = set(compose_variables(compose))
-    documented = set(env_example())
+    documented = set(env_example()) - {"COMPOSE_PROJECT_NAME"}  # read by Compose itself
     assert used - documented == set(), "used by compose but not in .env.example"
     assert documented - used == set(), "in .env.example but never used by compose"
 

@@ -35,6 +35,7 @@ from hyperopt.mongoexp import MongoWorker, ReserveTimeout  # noqa: E402
 import dataset  # noqa: E402
 import mongo_search  # noqa: E402
 import pruning  # noqa: E402
+import trial_process  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -56,17 +57,30 @@ def machine_settings(config):
         keras_home=absolute(config.keras_home), offline=config.offline)
 
 
-def keep_alive(jobs, host_id, every, stop):
+def keep_alive(jobs, host_id, every, stop, in_trial):
     """Refresh `refresh_time` of the trial this worker is running, every
     `every` seconds, so that the driver can tell a live worker from a dead one
-    (hyperopt alone leaves a dead worker's trial 'running' forever)."""
+    (hyperopt alone leaves a dead worker's trial 'running' forever). A beat
+    that finds no such trial while `in_trial` is set means the trial went
+    back to the queue (this worker was paused or cut off for longer than
+    --stale-after) and another worker may run it: stop it at the end of its
+    epoch and write nothing for it (trial_process.abandon)."""
     import pymongo.errors
     while not stop.wait(every):
         try:  # the server's clock, which the driver compares with
-            jobs.update_many({"owner": host_id, "state": JOB_STATE_RUNNING},
-                             {"$currentDate": {"refresh_time": True}})
+            beat = jobs.update_many({"owner": host_id, "state": JOB_STATE_RUNNING},
+                                    {"$currentDate": {"refresh_time": True}})
         except pymongo.errors.PyMongoError as err:  # a blip: try again next beat
             print(f"warning: heartbeat failed ({err}); retrying", file=sys.stderr)
+            continue
+        # in_trial is cleared before hyperopt marks the trial done, so a trial
+        # that simply finished is never taken for a lost one.
+        if beat.matched_count == 0 and in_trial.is_set() and not trial_process.abandoned.is_set():
+            print("warning: this worker's trial went back to the queue while the worker "
+                  "was silent (paused, or cut off from MongoDB) for longer than the "
+                  "driver's --stale-after; stopping it at the end of its epoch and writing "
+                  "nothing for it: another worker runs it.", file=sys.stderr, flush=True)
+            trial_process.abandon()
 
 
 def give_back_interrupted(jobs, host_id):
@@ -125,6 +139,10 @@ def run_worker(config, jobs, host_id):
             print(f"No queued trial for {config.reserve_timeout:g} s: exiting.")
             return 0
         except Exception as err:  # the trial could not run at all (not a failed training)
+            if trial_process.abandoned.is_set():  # said by keep_alive; nothing to mark
+                print(f"Trial given up here and left to another worker "
+                      f"({type(err).__name__}).", flush=True)
+                continue
             failures += 1
             give_up_orphans(jobs.jobs, host_id, err)
             print(f"error: a trial could not run: {type(err).__name__}: {err}",
@@ -166,6 +184,7 @@ def main(argv=None):
     # folders, and where the other trials' learning curves are (for --prune).
     jobs.machine = machine
     jobs.curves = pruning.MongoCurves(config.mongo, config.exp_key)
+    jobs.in_trial = threading.Event()  # set by mongo_search.worker_objective
     import neural_net  # Keras: after MongoDB and the data set answered, so those fail fast
     # Unique even for a worker restarted with the same pid (containers): the
     # heartbeat must never revive the trial of a previous life.
@@ -174,7 +193,8 @@ def main(argv=None):
           f"{mongo_search.redact(config.mongo)}; data in {machine.data_dir}, results to "
           f"{machine.results_dir}. {neural_net.device_line()}", flush=True)
     stop = threading.Event()
-    threading.Thread(target=keep_alive, args=(jobs.jobs, host_id, config.heartbeat, stop),
+    threading.Thread(target=keep_alive,
+                     args=(jobs.jobs, host_id, config.heartbeat, stop, jobs.in_trial),
                      daemon=True, name="heartbeat").start()
     try:
         return run_worker(config, jobs, host_id)

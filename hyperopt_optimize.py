@@ -16,6 +16,7 @@ the experiment.
 
 import argparse
 import functools
+import os
 import pickle
 import signal
 import sys
@@ -118,6 +119,8 @@ def optimize_cnn(hype_space, config, earlier=None):
         result = trial_process.train_here(hype_space, config, called_at, earlier=earlier)
     else:
         result = trial_process.train_in_child(hype_space, config, called_at, earlier=earlier)
+    if trial_process.abandoned.is_set():  # another MongoDB worker has this trial now
+        return result
     try:
         utils.save_json_result(result, config.results_dir)
     except OSError as err:
@@ -154,6 +157,10 @@ def run_search(config, trials=None):
     """Run trials one at a time, pickling the Trials after each one. Starts
     from `trials`, else from those in the trials file."""
     trials = load_trials(config.trials_file) if trials is None else trials
+    if not Path(config.trials_file).exists():
+        # Saved before the first trial: its time tells take_back which result
+        # files a search stopped before it saved them.
+        utils.atomic_pickle(trials, config.trials_file)
     if trials.trials:
         best = utils.best_trial(trials)
         print(f"Resuming the search: {len(trials.trials)} trials in {config.trials_file}"
@@ -285,9 +292,14 @@ def warm_start(trials, results_dir):
     not hold yet (by model name) as finished trials, so that TPE goes on from
     them. Files that cannot be read or do not fit the search space are skipped
     with the reason. Returns the number added."""
+    return add_result_files(trials, utils.result_files(results_dir))
+
+
+def add_result_files(trials, paths):
+    """warm_start for these result files."""
     known = {t["result"].get("model_name") for t in trials.trials}
     results = []
-    for path in utils.result_files(results_dir):
+    for path in paths:
         try:
             result = utils.load_json_result(path)
             if result.get("model_name") in known:
@@ -390,9 +402,15 @@ def main(argv=None):
 
 def prepare_trials(config):
     """The results folder and the search's Trials (a broken trials file is
-    refused before any work), with --warm-start's trials added."""
+    refused before any work), with the trials it missed (see take_back) and
+    --warm-start's trials added."""
     Path(config.results_dir).mkdir(parents=True, exist_ok=True)
     trials = load_trials(config.trials_file)
+    taken = take_back(trials, config)
+    if taken:
+        print(f"Took back {taken} trials whose result file was written after "
+              f"{config.trials_file} was last saved (the search stopped between the two).")
+        utils.atomic_pickle(trials, config.trials_file)
     if config.warm_start:
         added = warm_start(trials, config.warm_start)
         print(f"Warm start: added {added} trials from {config.warm_start}/ "
@@ -404,6 +422,24 @@ def prepare_trials(config):
               f"holds {len(utils.result_files(config.results_dir))} result files; to let "
               f"TPE start from them, run again with --warm-start {config.results_dir}")
     return trials
+
+
+def take_back(trials, config):
+    """A search stopped (kill -9) after a trial's result file was written but
+    before the trials file was: add the result files written since the trials
+    file was last saved that it does not hold, so that every result file
+    belongs to a trial and that trial is not trained again. Older files not
+    in the search (another search's) are left to --warm-start. Returns the
+    number added."""
+    path = Path(config.trials_file)
+    if not path.exists():
+        return 0
+    saved_at = path.stat().st_mtime
+    known = {t["result"].get("model_name") for t in trials.trials}
+    unsaved = [name for name in utils.result_files(config.results_dir)
+               if Path(name).name[:-len(utils.RESULT_SUFFIX)] not in known
+               and os.path.getmtime(name) >= saved_at]
+    return add_result_files(trials, unsaved) if unsaved else 0
 
 
 if __name__ == "__main__":

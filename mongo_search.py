@@ -25,6 +25,7 @@ from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_R
 from hyperopt.base import JOB_STATE_CANCEL
 
 import pruning
+import trial_process
 import utils
 
 MONGO_DEFAULT_PORT = 27017
@@ -328,9 +329,11 @@ def worker_objective(objective, settings, expr, memo, ctrl):
     hyperspace drawn, trained by `objective` with the driver's `settings` but
     this worker's own folders, which hyperopt_mongo_worker.py hands over as
     `machine` on the job handle that hyperopt gives back here, with `curves`
-    (a pruning.MongoCurves) for --prune. Under hyperopt's own
-    hyperopt-mongo-worker there are neither: the driver's folders stay and
-    trials are not pruned."""
+    (a pruning.MongoCurves) for --prune and `in_trial`, which tells the
+    worker's heartbeat that a trial is training. Under hyperopt's own
+    hyperopt-mongo-worker there are none: the driver's folders stay and
+    trials are not pruned. Raises TrialTakenAway when the heartbeat found
+    the trial requeued meanwhile (trial_process.abandon): nothing was written."""
     from hyperopt import pyll
     hype_space = pyll.rec_eval(expr, memo=memo)
     machine = getattr(ctrl.trials.handle, "machine", None)
@@ -339,7 +342,24 @@ def worker_objective(objective, settings, expr, memo, ctrl):
     curves = getattr(ctrl.trials.handle, "curves", None)  # pruning.MongoCurves
     if pruning.rule_of(settings) is None:
         curves = None
-    return objective(hype_space, settings, earlier=curves)
+    in_trial = getattr(ctrl.trials.handle, "in_trial", None)  # the heartbeat watches it
+    trial_process.abandoned.clear()
+    if in_trial is not None:
+        in_trial.set()
+    try:
+        result = objective(hype_space, settings, earlier=curves)
+    finally:
+        if in_trial is not None:
+            in_trial.clear()  # before hyperopt writes the result
+    if trial_process.abandoned.is_set():
+        raise TrialTakenAway(f"trial {ctrl.current_trial['tid'] + 1} went back to the queue "
+                             "while this worker was silent; another worker runs it")
+    return result
+
+
+class TrialTakenAway(Exception):
+    """This worker's trial was requeued (the worker was paused or cut off for
+    longer than --stale-after): its result must not be written anywhere."""
 
 
 def job_counts(jobs, exp_key):

@@ -312,6 +312,18 @@ class FirstStepTimer(keras.callbacks.Callback):
             self.ended_at = time.time()
 
 
+class StopWhen(keras.callbacks.Callback):
+    """Stops training at the end of an epoch once `asked()` is true."""
+
+    def __init__(self, asked):
+        super().__init__()
+        self.asked = asked
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.asked():
+            self.model.stop_training = True
+
+
 class MedianStopping(keras.callbacks.Callback):
     """Stops the trial at the end of an epoch when pruning's median rule says
     it is hopeless. `earlier` is the search's earlier completed curves (a
@@ -352,7 +364,7 @@ class MedianStopping(keras.callbacks.Callback):
 
 def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=False,
                     config=None, histogram_freq=0, called_at=None, data_notices=True,
-                    earlier=None):
+                    earlier=None, stop_when=None):
     """Build the model of `hype_space`, train it and return `(model,
     model_name, result)`. `config` is a utils.TrialSettings (default: from the
     environment variables). A loss that turns NaN/inf ends the trial as
@@ -361,7 +373,9 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
     trial began, for the result's `seconds_to_first_step`. `data_notices=False`
     keeps quiet about the data set (a trial process: the search said it).
     `earlier`: the search's earlier trials' validation fine accuracy curves
-    (or a function returning them) for --prune; None: no pruning."""
+    (or a function returning them) for --prune; None: no pruning.
+    `stop_when()` true at the end of an epoch stops training there (a trial
+    taken away from its MongoDB worker)."""
     called_at = called_at or time.time()
     config = config or utils.read_settings(utils.TrialSettings)
     train, val, test = dataset.training_data(config, notices=data_notices)
@@ -370,6 +384,8 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
     model = build_model(hype_space, precision)
     first_step = FirstStepTimer()
     callbacks = [keras.callbacks.TerminateOnNaN(), first_step]
+    if stop_when is not None:
+        callbacks.append(StopWhen(stop_when))
     log_dir = Path(utils.TENSORBOARD_DIR) / uid
     if log_for_tensorboard or config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir),

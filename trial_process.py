@@ -19,6 +19,7 @@ import gc
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import sys
 import threading
 
@@ -48,6 +49,22 @@ class TrialProcess:
 
 
 _spare = None  # the TrialProcess prestarted for the next trial, or None
+_running = None  # the TrialProcess training now, or None
+# Set when the trial being trained must stop at the end of its epoch and leave
+# no result (a MongoDB worker whose trial was given to another worker).
+abandoned = threading.Event()
+
+
+def abandon():
+    """Stop the trial being trained at the end of its current epoch, in this
+    process or in its trial process (SIGUSR1); the caller writes nothing for it."""
+    abandoned.set()
+    trial = _running
+    if trial is not None and trial.process.pid:
+        try:
+            os.kill(trial.process.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass  # it has just finished
 
 
 def train_here(hype_space, settings, called_at=None, data_notices=True, earlier=None):
@@ -60,7 +77,8 @@ def train_here(hype_space, settings, called_at=None, data_notices=True, earlier=
         model, _, result = neural_net.build_and_train(hype_space, config=settings,
                                                       called_at=called_at,
                                                       data_notices=data_notices,
-                                                      earlier=earlier)
+                                                      earlier=earlier,
+                                                      stop_when=abandoned.is_set)
         del model
     except neural_net.DatasetError:
         raise
@@ -85,6 +103,8 @@ def train_in_child(hype_space, settings, called_at=None, earlier=None):
         trial.close()
         trial = start()
         trial.tasks.send(task)
+    global _running
+    _running = trial
     try:
         _spare = start()
         kind, payload = receive_result(trial.results)
@@ -99,6 +119,8 @@ def train_in_child(hype_space, settings, called_at=None, earlier=None):
         trial.close()
         stop_spare()
         raise
+    finally:
+        _running = None
     trial.close()
     if kind == "dataset_error":
         raise dataset.DatasetError(payload)
@@ -167,6 +189,7 @@ def child_main(task_receive, result_send):
     """What a trial's process runs: import, say so, wait for the trial, train
     it, send the result back."""
     threading.Thread(target=exit_with_parent, daemon=True).start()
+    signal.signal(signal.SIGUSR1, lambda *_: abandoned.set())  # see abandon()
     try:
         import neural_net
         result_send.send(("ready", None))

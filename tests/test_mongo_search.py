@@ -234,6 +234,51 @@ def test_a_worker_that_hangs_after_its_first_heartbeat_has_its_trial_requeued(
     assert "put back in the queue (1/2)" in output
 
 
+def pause(process, signum):
+    """Send signum to a worker and its trial processes (a paused machine)."""
+    import psutil
+    for p in [psutil.Process(process.pid)] + psutil.Process(process.pid).children(recursive=True):
+        p.send_signal(signum)
+
+
+@pytest.mark.slow
+def test_a_paused_worker_whose_trial_was_taken_away_writes_nothing(
+        tmp_path, mongo_url, mongo_db, env, cifar_dir):
+    """Worker 1 is paused mid-trial for longer than --stale-after; the trial
+    goes back to the queue and worker 2 runs it. When worker 1 wakes, its
+    heartbeat finds the trial gone: it stops training at the end of the epoch
+    and writes no result file (one trial, one file), with one line and no
+    traceback."""
+    env = dict(env, CODE_TESTING="1", DATASET_SIZE="200")
+    log = tmp_path / "driver.log"
+    driver = start_driver("train", mongo_url, env, log, "--max-evals", "1", "--epochs", "60",
+                          "--stale-after", "3", "--prune", "none")
+    first = start_worker(mongo_url, env, tmp_path / "w1", cifar_dir)
+    second = None
+    try:
+        wait_until(lambda: any(j["state"] == 1 and j.get("refresh_time")
+                               for j in jobs_of(mongo_db)), 120, "worker 1 to train")
+        time.sleep(3.0)  # into the epochs
+        pause(first, signal.SIGSTOP)
+        wait_until(lambda: any(j.get("requeue_count") for j in jobs_of(mongo_db)), 60,
+                   "the paused worker's trial to be requeued")
+        second = start_worker(mongo_url, env, tmp_path / "w2", cifar_dir)
+        output = finish(driver, log, timeout=300)
+        pause(first, signal.SIGCONT)
+        wait_until(lambda: "Trial given up here" in (tmp_path / "w1" / "worker.log").read_text(),
+                   60, "worker 1 to give its trial up")
+    finally:
+        pause(first, signal.SIGCONT)
+        stop([p for p in (driver, first, second) if p is not None])
+    assert driver.returncode == 0, output
+    [job] = jobs_of(mongo_db, JOB_STATE_DONE)
+    assert job["owner"].split(":")[1] == str(second.pid)
+    assert result_files(tmp_path / "w1") == [] and len(result_files(tmp_path / "w2")) == 1
+    worker_log = (tmp_path / "w1" / "worker.log").read_text()
+    assert "went back to the queue while the worker was silent" in worker_log
+    assert "Traceback" not in worker_log
+
+
 @pytest.mark.slow
 def test_a_stopped_worker_puts_its_trial_back_at_once(tmp_path, mongo_db, experiment):
     """Ctrl-C or SIGTERM (docker stop): hyperopt would mark the trial as an error."""

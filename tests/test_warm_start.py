@@ -2,6 +2,7 @@
 (the recovery path when results.pkl is lost)."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -87,3 +88,40 @@ def test_the_command_line_warm_starts_and_suggests_it(config, cifar_dir, monkeyp
     trials = hyperopt_optimize.load_trials(config.trials_file)
     assert len(trials.trials) == 2 and trials.trials[0]["result"]["loss"] == pytest.approx(-0.6761)
     assert utils.load_best_result(results)["loss"] == pytest.approx(-0.6761)
+
+
+def test_a_result_file_that_results_pkl_missed_is_taken_back_not_trained_again(
+        config, cifar_dir, monkeypatch, capsys):
+    """Killed between a trial's result file and results.pkl: the resumed
+    search adds that file's trial instead of training another in its place.
+    A file older than results.pkl (another search's) is left alone."""
+    trained = []
+
+    def objective(hype_space, config, earlier=None):
+        result = dict(cheap_objective(hype_space, config), model_name=f"model_new{len(trained)}")
+        trained.append(result)
+        utils.save_json_result(result, config.results_dir)
+        return result
+
+    monkeypatch.setattr(hyperopt_optimize, "optimize_cnn", objective)
+    results = Path(config.results_dir)
+    argv = ["--data-dir", str(cifar_dir), "--results-dir", str(results), "--no-plots",
+            "--trials-file", config.trials_file, "--offline"]
+    assert hyperopt_optimize.main(argv + ["--max-evals", "1"]) == 0
+    older = results / "model_0.200000_older.txt.json"
+    older.write_text(ORIGINAL_BEST.read_text().replace("model_0.676100010872_6066e",
+                                                       "model_0.200000_older"))
+    saved_at = Path(config.trials_file).stat().st_mtime
+    os.utime(older, (saved_at - 60, saved_at - 60))
+    unsaved = dict(json.loads(ORIGINAL_BEST.read_text()), model_name="model_0.676100_unsvd")
+    utils.save_json_result(unsaved, results)  # ... and then the search was killed
+    capsys.readouterr()
+
+    assert hyperopt_optimize.main(argv + ["--max-evals", "2"]) == 0
+    assert "Took back 1 trials whose result file was written after" in capsys.readouterr().out
+    assert len(trained) == 1  # nothing trained in its place
+    names = [t["result"]["model_name"] for t in hyperopt_optimize.load_trials(
+        config.trials_file).trials]
+    assert names == ["model_new0", "model_0.676100_unsvd"]
+    assert hyperopt_optimize.main(argv + ["--max-evals", "3"]) == 0  # never twice
+    assert len(hyperopt_optimize.load_trials(config.trials_file).trials) == 3

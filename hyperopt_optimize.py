@@ -439,6 +439,8 @@ def take_back(trials, config):
     unsaved = [name for name in utils.result_files(config.results_dir)
                if Path(name).name[:-len(utils.RESULT_SUFFIX)] not in known
                and os.path.getmtime(name) >= saved_at]
+    for name in unsaved:
+        print(f"taking back {name}: written after {path} was last saved")
     return add_result_files(trials, unsaved) if unsaved else 0
 
 

@@ -224,18 +224,22 @@ def open_jobs(url):
         raise MongoUnavailable(f"cannot use the MongoDB address {where}: {err}") from None
     try:
         jobs.db.command("ping")
-    except pymongo.errors.OperationFailure as err:
-        raise MongoUnavailable(
-            f"MongoDB at {where} refused the connection: {err.details.get('errmsg', err)}. "
-            "Check the user name, password and authSource in --mongo (or "
-            "MONGO_DB_USER/MONGO_DB_PASSWORD).") from None
     except pymongo.errors.PyMongoError as err:
-        reason = str(err).split(", Timeout:")[0].split(" (configured timeouts")[0]
-        raise MongoUnavailable(
-            f"cannot reach MongoDB at {where} within {SERVER_SELECTION_TIMEOUT_S:g} s "
-            f"({reason}). Is mongod running there, and are the host and port right? "
-            "(--mongo HOST:PORT/DB, HKS_MONGO or MONGO_DB_HOST/MONGO_DB_PORT)") from None
+        jobs.conn.close()  # no client left behind with its monitor threads
+        raise MongoUnavailable(unreachable_reason(err, where)) from None
     return jobs
+
+
+def unreachable_reason(err, where):
+    """What a failed ping to MongoDB at `where` means, and what to check."""
+    if isinstance(err, pymongo.errors.OperationFailure):
+        return (f"MongoDB at {where} refused the connection: "
+                f"{err.details.get('errmsg', err)}. Check the user name, password and "
+                "authSource in --mongo (or MONGO_DB_USER/MONGO_DB_PASSWORD).")
+    reason = str(err).split(", Timeout:")[0].split(" (configured timeouts")[0]
+    return (f"cannot reach MongoDB at {where} within {SERVER_SELECTION_TIMEOUT_S:g} s "
+            f"({reason}). Is mongod running there, and are the host and port right? "
+            "(--mongo HOST:PORT/DB, HKS_MONGO or MONGO_DB_HOST/MONGO_DB_PORT)")
 
 
 def install():

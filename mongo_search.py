@@ -284,11 +284,8 @@ def queue_and_follow(search, driver, objective, space, warm_start):
     on_worker = functools.partial(worker_objective, objective,
                                   utils.subset(utils.TrialSettings, search))
     follow = follow_workers(search, driver, trials)
-    stalled = pruning.stalled(finished_results(trials), search.stop_after)
-    if stalled:  # on resume: nothing to queue
-        print(stalled, flush=True)
-        return trials
     try:
+        follow(trials)  # on resume, the search may have ended already
         fmin(on_worker, space, algo=tpe.suggest, trials=trials, max_evals=target,
              max_queue_len=driver.queue_len, rstate=rstate, early_stop_fn=follow,
              pass_expr_memo_ctrl=True, show_progressbar=False, return_argmin=False)
@@ -296,15 +293,17 @@ def queue_and_follow(search, driver, objective, space, warm_start):
         pass  # hyperopt 0.3.0 raises this at the end when no trial succeeded
     except SearchStalled:
         wait_for_running(trials, driver, follow)
-    follow(trials)
+    follow(trials, final=True)
     return trials
 
 
 def finished_results(trials):
     """The results of the finished trials (as last refreshed), in the order they finished."""
     done = [t for t in trials.trials if t["state"] == JOB_STATE_DONE]
-    return [t["result"] for t in sorted(done, key=lambda t: (t.get("refresh_time") is None,
-                                                            t.get("refresh_time"), t["tid"]))]
+    # Warm-started trials have no refresh_time: they came first.
+    return [t["result"] for t in sorted(done, key=lambda t: (
+        t.get("refresh_time") is not None, t.get("refresh_time") or datetime.datetime.min,
+        t["tid"]))]
 
 
 def wait_for_running(trials, driver, follow, poll=1.0):
@@ -315,7 +314,9 @@ def wait_for_running(trials, driver, follow, poll=1.0):
     cancel = {"$set": {"state": JOB_STATE_CANCEL}}
     cancelled = jobs.update_many(queued, cancel).modified_count
     running = job_counts(jobs, driver.exp_key)[JOB_STATE_RUNNING]
-    print(f"Cancelled {cancelled} queued trials; waiting for the {running} running.", flush=True)
+    if cancelled or running:
+        print(f"Cancelled {cancelled} queued trials; waiting for the {running} running.",
+              flush=True)
     while job_counts(jobs, driver.exp_key)[JOB_STATE_RUNNING]:
         time.sleep(poll)
         trials.refresh()
@@ -386,9 +387,10 @@ def follow_workers(search, driver, trials):
     of = f"/{search.max_evals}" if search.max_evals else ""
     stalled_said = []
 
-    def follow(trials, *_):
+    def follow(trials, *_, final=False):
         """Returns (False, []) as fmin's early_stop_fn must, or raises
-        SearchStalled once --stop-after-no-improvement says so."""
+        SearchStalled once --stop-after-no-improvement says so (unless
+        `final`: the search is over anyway)."""
         for message in requeue_stale_jobs(jobs, driver):
             print(message, flush=True)
         for job in jobs.find({"exp_key": driver.exp_key, "state": JOB_STATE_ERROR,
@@ -410,7 +412,7 @@ def follow_workers(search, driver, trials):
                     trial["result"], trial["tid"] + 1, seconds, best=best,
                     where=f" on {trial['owner']}, {len(reported)}{of} finished"), flush=True)
         line = pruning.stalled(finished_results(trials), search.stop_after)
-        if line and not stalled_said:
+        if line and not stalled_said and not final:
             stalled_said.append(line)
             print(line, flush=True)
             raise SearchStalled(line)

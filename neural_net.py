@@ -337,17 +337,24 @@ class MedianStopping(keras.callbacks.Callback):
         self.source = earlier if callable(earlier) else None
         self.thresholds = rule.thresholds([] if self.source else list(earlier), epochs)
         self.curve, self.pruned_at, self.median = [], None, None
-        self.refresh()
+        self.every, self.next_refresh = pruning.REFRESH_EPOCHS, 0
+        self.refresh(0)
 
-    def refresh(self):
-        curves = self.source() if self.source else None
-        if curves is not None:
+    def refresh(self, epoch):
+        """Read the curves again; after a failed read (each costs MongoDB's
+        timeout), wait twice as many epochs before the next one."""
+        if self.source is None or epoch < self.next_refresh:
+            return
+        curves = self.source()
+        if curves is None:
+            self.every *= 2
+        else:
             self.thresholds = self.rule.thresholds(curves, self.epochs)
+        self.next_refresh = epoch + self.every
 
     def on_epoch_end(self, epoch, logs=None):
         self.curve.append(float((logs or {}).get("val_fine_outputs_accuracy", np.nan)))
-        if epoch and epoch % pruning.REFRESH_EPOCHS == 0:
-            self.refresh()
+        self.refresh(epoch)
         if self.rule.below(self.curve, self.thresholds)[-1]:
             self.pruned_at, self.median = epoch + 1, float(self.thresholds[epoch])
             self.model.stop_training = True

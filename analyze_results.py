@@ -598,7 +598,7 @@ def make_out_dir(folder):
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OutputError(f"cannot use --out-dir {out_dir}: {err}") from None
+        raise OutputError(f"cannot use --out-dir {out_dir}: {utils.os_error_text(err)}") from None
     return out_dir
 
 

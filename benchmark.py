@@ -498,6 +498,14 @@ def print_report(report):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.out:  # found out now, not after the whole run
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            if Path(args.out).is_dir():
+                raise IsADirectoryError(21, "Is a directory", args.out)
+        except OSError as err:
+            print(f"error: --out: {utils.os_error_text(err)}", file=sys.stderr)
+            return 1
     started = time.perf_counter()
     report = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "out"}}

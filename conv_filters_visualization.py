@@ -316,7 +316,7 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:
-        print(f"error: cannot write the pictures ({err})", file=sys.stderr)
+        print(f"error: cannot write the pictures: {utils.os_error_text(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)

@@ -140,6 +140,9 @@ def load_trials(path):
     file that cannot be read is left alone and stops the search."""
     if not Path(path).exists():
         return Trials()
+    if Path(path).is_dir():
+        raise SearchError(f"--trials-file {path} is a folder; give the file to keep the "
+                          "search in (default results.pkl)")
     try:
         with open(path, "rb") as f:
             trials = pickle.load(f)
@@ -376,7 +379,7 @@ def main(argv=None):
     try:
         trials = prepare_trials(config)
     except (SearchError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {utils.os_error_text(err)}", file=sys.stderr)
         return 1
     try:
         dataset.training_data(config)  # a missing data set stops us here, once
@@ -392,7 +395,7 @@ def main(argv=None):
               f"{config.results_dir}/; run the same command again to resume.", file=sys.stderr)
         return utils.EXIT_INTERRUPTED
     except (SearchError, dataset.DatasetError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {utils.os_error_text(err)}", file=sys.stderr)
         return 1
     results = [t["result"] for t in trials.trials]
     print(f"Done: {len(results)} trials in {config.trials_file}; results in "

@@ -152,7 +152,7 @@ def main(argv=None):
               file=sys.stderr)
         return utils.EXIT_INTERRUPTED
     except (RetrainError, neural_net.DatasetError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {utils.os_error_text(err)}", file=sys.stderr)
         return 1
     return 0
 

@@ -402,6 +402,21 @@ def startup_noise_filtered():
 
 # --- files that must never be half-written ---
 
+def os_error_text(err):
+    """An OSError as one line that says what is in the way and what to do."""
+    if not isinstance(err, OSError):
+        return str(err)
+    name = err.filename if err.filename is not None else "a file"
+    if isinstance(err, (FileExistsError, NotADirectoryError)):
+        return (f"{name}: a file is in the way where a folder is needed (move it, or "
+                "choose another path)")
+    if isinstance(err, IsADirectoryError):
+        return f"{name} is a folder where a file is needed (choose a file name)"
+    if isinstance(err, PermissionError):
+        return f"{name}: permission denied (choose a place you can write to)"
+    return f"{name}: {err.strerror or err}"
+
+
 def atomic_write(path, data):
     """Write bytes or text to `path` so that a crash at any moment leaves either
     the old file or the new one, never a mix: temporary file in the same

@@ -66,13 +66,22 @@ def keep_alive(jobs, host_id, every, stop, in_trial):
     --stale-after) and another worker may run it: stop it at the end of its
     epoch and write nothing for it (trial_process.abandon)."""
     import pymongo.errors
+    failing_since = None
     while not stop.wait(every):
         try:  # the server's clock, which the driver compares with
             beat = jobs.update_many({"owner": host_id, "state": JOB_STATE_RUNNING},
                                     {"$currentDate": {"refresh_time": True}})
-        except pymongo.errors.PyMongoError as err:  # a blip: try again next beat
-            print(f"warning: heartbeat failed ({err}); retrying", file=sys.stderr)
+        except pymongo.errors.PyMongoError as err:  # said once; tried again every beat
+            if failing_since is None:
+                failing_since = time.monotonic()
+                print(f"warning: heartbeat cannot reach MongoDB "
+                      f"({mongo_search.short_reason(err)}); the trial trains on, and the "
+                      "heartbeat goes on trying.", file=sys.stderr, flush=True)
             continue
+        if failing_since is not None:
+            print(f"Heartbeat reaches MongoDB again after "
+                  f"{time.monotonic() - failing_since:.0f} s.", file=sys.stderr, flush=True)
+            failing_since = None
         # in_trial is cleared before hyperopt marks the trial done, so a trial
         # that simply finished is never taken for a lost one.
         if beat.matched_count == 0 and in_trial.is_set() and not trial_process.abandoned.is_set():
@@ -81,6 +90,39 @@ def keep_alive(jobs, host_id, every, stop, in_trial):
                   "driver's --stale-after; stopping it at the end of its epoch and writing "
                   "nothing for it: another worker runs it.", file=sys.stderr, flush=True)
             trial_process.abandon()
+
+
+def patiently(call, grace, what):
+    """`call`, retried with growing pauses while MongoDB cannot be reached,
+    for up to `grace` seconds (then mongo_search.MongoLost). For hyperopt's
+    result writes: a retried write is harmless (it matches the job's old
+    version, which the first try may have changed, and checks the new one)."""
+    import pymongo.errors
+
+    def call_patiently(*args, **kwargs):
+        started, pause = None, 1.0
+        while True:
+            try:
+                result = call(*args, **kwargs)
+            except pymongo.errors.ConnectionFailure as err:
+                if started is None:
+                    started = time.monotonic()
+                    print(f"MongoDB went away while {what} ({mongo_search.short_reason(err)}); "
+                          f"retrying for up to {grace:g} s.", file=sys.stderr, flush=True)
+                waited = time.monotonic() - started
+                if waited + pause > grace:
+                    raise mongo_search.MongoLost(
+                        f"MongoDB has been away for {waited:.0f} s while {what} "
+                        f"(--outage-grace {grace:g}): giving up. The trial goes back to the "
+                        "queue once the driver sees it is silent.") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 15.0)
+                continue
+            if started is not None:
+                print(f"MongoDB is back after {time.monotonic() - started:.0f} s; {what}: "
+                      "done.", file=sys.stderr, flush=True)
+            return result
+    return call_patiently
 
 
 def give_back_interrupted(jobs, host_id):
@@ -120,6 +162,7 @@ def report_last_trial(jobs, host_id, seconds):
 
 def run_worker(config, jobs, host_id):
     """hyperopt's worker loop with this project's limits; returns the exit code."""
+    import pymongo.errors
     worker = MongoWorker(jobs, poll_interval=config.poll_interval, workdir=config.workdir,
                          exp_key=config.exp_key, logfilename=None)
     started, finished, failures = time.monotonic(), 0, 0
@@ -133,18 +176,29 @@ def run_worker(config, jobs, host_id):
         trial_started = time.monotonic()
         try:
             worker.run_one(host_id, reserve_timeout=min(timeouts) if timeouts else None)
+        except pymongo.errors.ConnectionFailure as err:  # taking or reading a trial
+            print(f"MongoDB went away ({mongo_search.short_reason(err)}); waiting up to "
+                  f"{config.outage_grace:g} s for it.", file=sys.stderr, flush=True)
+            away = mongo_search.wait_for_mongo(config.mongo, config.outage_grace)
+            print(f"MongoDB is back after {away:.0f} s; taking trials again.", flush=True)
+            continue
         except ReserveTimeout:
             if config.reserve_timeout is None or (left is not None and left < config.reserve_timeout):
                 continue  # --last-job-timeout, said at the top of the loop
             print(f"No queued trial for {config.reserve_timeout:g} s: exiting.")
             return 0
+        except mongo_search.MongoLost:
+            raise
         except Exception as err:  # the trial could not run at all (not a failed training)
             if trial_process.abandoned.is_set():  # said by keep_alive; nothing to mark
                 print(f"Trial given up here and left to another worker "
                       f"({type(err).__name__}).", flush=True)
                 continue
             failures += 1
-            give_up_orphans(jobs.jobs, host_id, err)
+            try:
+                give_up_orphans(jobs.jobs, host_id, err)
+            except pymongo.errors.PyMongoError:
+                pass  # the driver requeues it once its heartbeat is missed
             print(f"error: a trial could not run: {type(err).__name__}: {err}",
                   file=sys.stderr, flush=True)
             if failures >= config.max_consecutive_failures:
@@ -153,7 +207,10 @@ def run_worker(config, jobs, host_id):
                 return 1
             continue
         failures, finished = 0, finished + 1
-        report_last_trial(jobs.jobs, host_id, time.monotonic() - trial_started)
+        try:
+            report_last_trial(jobs.jobs, host_id, time.monotonic() - trial_started)
+        except pymongo.errors.PyMongoError:
+            print("Trial finished (MongoDB did not answer for its summary line).", flush=True)
     print(f"Ran --max-jobs {config.max_jobs} trials: exiting.")
     return 0
 
@@ -185,6 +242,9 @@ def main(argv=None):
     jobs.machine = machine
     jobs.curves = pruning.MongoCurves(config.mongo, config.exp_key)
     jobs.in_trial = threading.Event()  # set by mongo_search.worker_objective
+    # hyperopt writes each trial's result with jobs.update: one that finds
+    # MongoDB away waits for it, so a trial trained through an outage is kept.
+    jobs.update = patiently(jobs.update, config.outage_grace, "writing a trial's state")
     import neural_net  # Keras: after MongoDB and the data set answered, so those fail fast
     # Unique even for a worker restarted with the same pid (containers): the
     # heartbeat must never revive the trial of a previous life.
@@ -198,13 +258,24 @@ def main(argv=None):
                      daemon=True, name="heartbeat").start()
     try:
         return run_worker(config, jobs, host_id)
+    except mongo_search.MongoLost as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        given_back = give_back_interrupted(jobs.jobs, host_id)
-        print(f"\nInterrupted{'; its trial is back in the queue' if given_back else ''}.",
-              file=sys.stderr)
+        print(f"\nInterrupted{interrupted_trial(jobs.jobs, host_id)}.", file=sys.stderr)
         return utils.EXIT_INTERRUPTED
     finally:
         stop.set()
+
+
+def interrupted_trial(jobs, host_id):
+    """What became of the trial of an interrupted worker, for its last line."""
+    import pymongo.errors
+    try:
+        return "; its trial is back in the queue" if give_back_interrupted(jobs, host_id) else ""
+    except pymongo.errors.PyMongoError:
+        return ("; MongoDB did not answer, so its trial goes back to the queue once the "
+                "driver sees it is silent")
 
 
 if __name__ == "__main__":

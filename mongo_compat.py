@@ -55,6 +55,7 @@ from pymongo.cursor import Cursor
 
 # An unreachable server is reported after this long instead of pymongo's 30 s.
 SERVER_SELECTION_TIMEOUT_S = 5.0
+SOCKET_TIMEOUT_S = 20.0  # no call of ours takes this long on a live server
 
 # Methods pymongo 4 removed, by class; tests scan hyperopt's source for them.
 REMOVED_IN_PYMONGO4 = {
@@ -191,9 +192,13 @@ def connect(dbname, host="localhost", auth_dbname=None, port=27017, ssh=False,
     timeout_ms = int(SERVER_SELECTION_TIMEOUT_S * 1000)
     if ":" in host and not host.startswith("["):  # an IPv6 address
         host = f"[{host}]"
+    # socketTimeoutMS: a server that stops answering (paused, cut off) fails
+    # a call in seconds instead of hanging it forever; the callers then wait
+    # for it (mongo_search.wait_for_mongo).
     client = pymongo.MongoClient(host, port, document_class=SON, w=1, journal=True,
                                  serverSelectionTimeoutMS=timeout_ms,
-                                 connectTimeoutMS=timeout_ms, **credentials)
+                                 connectTimeoutMS=timeout_ms,
+                                 socketTimeoutMS=int(SOCKET_TIMEOUT_S * 1000), **credentials)
     return client, None
 
 

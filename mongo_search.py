@@ -35,6 +35,9 @@ MONGO_JOBS_COLLECTION = "jobs"
 # {_id, version v+1} exists: a jump of 2 makes both fail for a worker whose
 # trial was taken away, so its late result never lands on the requeued trial.
 VERSION_BUMP = 2
+# Two looks of the driver at MongoDB this far apart (it polls every second)
+# mean that MongoDB or the driver was stuck: staleness counts afresh.
+STUCK_S = 10.0
 
 
 # ------------------------------------------------------ addresses ----
@@ -160,6 +163,14 @@ def exp_key_setting():
                          "name of the experiment in MongoDB; the same name resumes it")
 
 
+def outage_setting():
+    return utils.setting(
+        300.0, "--outage-grace", "HKS_OUTAGE_GRACE", utils.positive_number,
+        "seconds to wait, retrying, when MongoDB goes away during the search (running "
+        "trials train on and their results are written once it is back); past it, exit "
+        "with an error (run the same command again to resume)")
+
+
 @dataclasses.dataclass
 class DriverSettings:
     """What hyperopt_optimize.py --mongo reads on top of the search's."""
@@ -178,6 +189,7 @@ class DriverSettings:
         2, "--max-requeues", "HKS_MAX_REQUEUES", utils.non_negative_int,
         "a trial whose worker died this many times more is given up (marked as an "
         "error) instead of being queued again")
+    outage_grace: float = outage_setting()
 
 
 @dataclasses.dataclass
@@ -210,6 +222,7 @@ class WorkerSettings(utils.MachineSettings):
     heartbeat: float = utils.setting(
         10.0, "--heartbeat", "HKS_HEARTBEAT", utils.positive_number,
         "seconds between the worker's signs of life for its running trial")
+    outage_grace: float = outage_setting()
 
 
 # ----------------------------------------------------- the driver ----
@@ -221,8 +234,19 @@ def run_driver(search, driver, objective, space, warm_start):
     `warm_start(trials, folder)` adds result files as trials. Returns the
     exit code, having said what happened in one line."""
     import pymongo.errors
+    seen = {}  # what the driver has reported, kept across MongoDB outages
     try:
-        trials = queue_and_follow(search, driver, objective, space, warm_start)
+        while True:
+            try:
+                trials = queue_and_follow(search, driver, objective, space, warm_start, seen)
+                break
+            except pymongo.errors.ConnectionFailure as err:
+                print(f"MongoDB at {redact(driver.mongo)} went away ({short_reason(err)}); "
+                      f"waiting up to {driver.outage_grace:g} s for it. Running trials train "
+                      "on.", flush=True)
+                away = wait_for_mongo(driver.mongo, driver.outage_grace)
+                print(f"MongoDB is back after {away:.0f} s; the search goes on.", flush=True)
+                search = dataclasses.replace(search, warm_start=None)  # done once already
     except KeyboardInterrupt:
         print("\nInterrupted. The trials stay in MongoDB: workers finish those they "
               "are running and the queued ones wait. Run the same command again to "
@@ -238,9 +262,9 @@ def run_driver(search, driver, objective, space, warm_start):
         return 1
     counts = job_counts(trials.handle.jobs, driver.exp_key)
     trials.refresh()
-    print(f"Done: experiment {driver.exp_key!r} has {describe_counts(counts)}. Each "
-          "trial's JSON is in the results folder of the worker that ran it. "
-          + pruning.summary(finished_results(trials), search.epochs))
+    print((f"Done: experiment {driver.exp_key!r} has {describe_counts(counts)}. Each "
+           "trial's JSON is in the results folder of the worker that ran it. "
+           + pruning.summary(finished_results(trials), search.epochs)).rstrip())
     return 0
 
 
@@ -248,13 +272,40 @@ class MongoLost(Exception):
     """MongoDB cannot be reached or refuses us; the message says what to check."""
 
 
+def short_reason(err):
+    """A pymongo error without its topology description."""
+    return str(err).split(", Timeout:")[0].split(" (configured timeouts")[0][:200]
+
+
+def wait_for_mongo(url, grace, started=None):
+    """MongoDB went away: try it with growing pauses until it answers
+    (returns the seconds since `started`, default now) or `grace` seconds
+    have passed (raises MongoLost, with what to do)."""
+    import mongo_compat
+    started = time.monotonic() if started is None else started
+    pause = 1.0
+    while True:
+        try:
+            mongo_compat.open_jobs(url).conn.close()
+            return time.monotonic() - started
+        except mongo_compat.MongoUnavailable as err:
+            waited = time.monotonic() - started
+            if waited + pause > grace:
+                raise MongoLost(f"MongoDB at {redact(url)} has been away for {waited:.0f} s "
+                                f"(--outage-grace {grace:g}): giving up. Nothing is lost: run "
+                                f"the same command again once it is back. ({err})") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 15.0)
+
+
 class SearchStalled(Exception):
     """--stop-after-no-improvement: raised out of fmin to end the search."""
 
 
-def queue_and_follow(search, driver, objective, space, warm_start):
+def queue_and_follow(search, driver, objective, space, warm_start, seen=None):
     """The driver's work: open the experiment, queue with TPE, follow the
-    workers. Returns the MongoTrials."""
+    workers (`seen`: what was reported before an outage). Returns the
+    MongoTrials."""
     import mongo_compat
     from hyperopt import fmin, tpe
     from hyperopt.exceptions import AllTrialsFailed
@@ -283,7 +334,7 @@ def queue_and_follow(search, driver, objective, space, warm_start):
     # the trial's settings only, never the address (and its password).
     on_worker = functools.partial(worker_objective, objective,
                                   utils.subset(utils.TrialSettings, search))
-    follow = follow_workers(search, driver, trials)
+    follow = follow_workers(search, driver, trials, seen)
     try:
         follow(trials)  # on resume, the search may have ended already
         fmin(on_worker, space, algo=tpe.suggest, trials=trials, max_evals=target,
@@ -376,14 +427,22 @@ def describe_counts(counts):
             f"running, {counts[JOB_STATE_NEW]} queued, {counts[JOB_STATE_ERROR]} given up")
 
 
-def follow_workers(search, driver, trials):
+def follow_workers(search, driver, trials, seen=None):
     """The function fmin calls after each poll of MongoDB (as its
-    early_stop_fn; it never stops the search): requeue the trials of dead
-    workers, print each newly finished trial."""
+    early_stop_fn): requeue the trials of dead workers, print each newly
+    finished trial. `seen` keeps what was reported across MongoDB outages."""
     jobs = trials.handle.jobs
-    reported = {t["tid"] for t in trials.trials if t["state"] == JOB_STATE_DONE}
-    failed = {job["tid"] for job in jobs.find(
-        {"exp_key": driver.exp_key, "state": JOB_STATE_ERROR}, projection=["tid"])}
+    seen = {} if seen is None else seen
+    if "reported" not in seen:
+        seen["reported"] = {t["tid"] for t in trials.trials if t["state"] == JOB_STATE_DONE}
+        seen["failed"] = {job["tid"] for job in jobs.find(
+            {"exp_key": driver.exp_key, "state": JOB_STATE_ERROR}, projection=["tid"])}
+    reported, failed = seen["reported"], seen["failed"]
+    # Staleness counts from when the driver last found MongoDB answering
+    # steadily: heartbeats that could not reach it while it was away, paused,
+    # or while no driver watched, do not make a trial stale.
+    now = jobs.database.command("hello")["localTime"]
+    clock = {"since": now, "last": now}
     of = f"/{search.max_evals}" if search.max_evals else ""
     stalled_said = []
 
@@ -391,7 +450,11 @@ def follow_workers(search, driver, trials):
         """Returns (False, []) as fmin's early_stop_fn must, or raises
         SearchStalled once --stop-after-no-improvement says so (unless
         `final`: the search is over anyway)."""
-        for message in requeue_stale_jobs(jobs, driver):
+        now = jobs.database.command("hello")["localTime"]  # MongoDB's clock, as heartbeats
+        if (now - clock["last"]).total_seconds() > max(driver.stale_after / 2, STUCK_S):
+            clock["since"] = now  # MongoDB (or this driver) was stuck: a pause for all
+        clock["last"] = now
+        for message in requeue_stale_jobs(jobs, driver, now=now, not_before=clock["since"]):
             print(message, flush=True)
         for job in jobs.find({"exp_key": driver.exp_key, "state": JOB_STATE_ERROR,
                               "tid": {"$nin": sorted(failed)}}):
@@ -434,14 +497,17 @@ def requeue_update(count_requeue=True):
             "$inc": increments}
 
 
-def requeue_stale_jobs(jobs, driver, now=None):
+def requeue_stale_jobs(jobs, driver, now=None, not_before=None):
     """Running trials whose worker sent no heartbeat for --stale-after seconds
     (killed, machine gone) go back to the queue; a trial that has already
     been requeued --max-requeues times is given up (state error, with the
-    reason) so that one that kills every worker cannot loop forever. Returns
-    one message per change."""
+    reason) so that one that kills every worker cannot loop forever. Silence
+    before `not_before` (when the driver started watching, on MongoDB's
+    clock) does not count. Returns one message per change."""
     now = now or jobs.database.command("hello")["localTime"]  # the server's clock, as heartbeats
     cutoff = now - datetime.timedelta(seconds=driver.stale_after)
+    if not_before is not None and not_before > cutoff:
+        return []
     messages = []
     stale = jobs.find({"exp_key": driver.exp_key, "state": JOB_STATE_RUNNING,
                        "refresh_time": {"$lt": cutoff}})

@@ -279,6 +279,82 @@ def test_a_paused_worker_whose_trial_was_taken_away_writes_nothing(
     assert "Traceback" not in worker_log
 
 
+@pytest.fixture
+def own_mongo():
+    """(server process, URL) of a test server of this test's own, which the
+    test may pause or kill without harming the others."""
+    from conftest import free_port, wait_for_mongo
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(SUPPORT / "mongo_test_server.py"),
+                               "--port", str(port)], stdout=subprocess.DEVNULL)
+    wait_for_mongo(f"mongodb://127.0.0.1:{port}")
+    yield server, f"mongodb://127.0.0.1:{port}/hks_outage"
+    if server.poll() is None:
+        server.send_signal(signal.SIGCONT)
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_a_paused_mongodb_is_ridden_out_without_requeue_or_traceback(tmp_path, own_mongo, env,
+                                                                     cifar_dir):
+    """MongoDB paused (SIGSTOP) for 25 s, longer than a call may hang (20 s)
+    and than --stale-after, in the middle of a trial: the trial trains on,
+    its result is written once MongoDB is back, nothing is requeued, and the
+    driver and the worker each say when it went and when it came back."""
+    import pymongo
+    server, url = own_mongo
+    log = tmp_path / "driver.log"
+    driver = start_driver("slow", url, env, log, "--max-evals", "2", "--queue-len", "1",
+                          "--stale-after", "4", "--outage-grace", "120")
+    worker = start_worker(url, env, tmp_path / "w1", cifar_dir)
+    try:
+        wait_until(lambda: list((tmp_path / "w1" / "results").glob("started-*")), 120,
+                   "the worker to start a trial")
+        time.sleep(1.0)
+        server.send_signal(signal.SIGSTOP)
+        time.sleep(25)
+        server.send_signal(signal.SIGCONT)
+        output = finish(driver, log, timeout=240)
+    finally:
+        server.send_signal(signal.SIGCONT)
+        stop([driver, worker])
+    worker_log = (tmp_path / "w1" / "worker.log").read_text()
+    assert driver.returncode == 0, output + worker_log
+    client = pymongo.MongoClient(url)
+    jobs = list(client.get_default_database().jobs.find({"exp_key": "exp"}))
+    client.close()
+    assert len(jobs) == 2 and all(job["state"] == JOB_STATE_DONE for job in jobs), output
+    assert not any(job.get("requeue_count") for job in jobs), output
+    assert "went away" in output and "MongoDB is back after" in output, output
+    assert worker_log.count("MongoDB went away while writing") == 1, worker_log
+    assert "done." in worker_log and len(result_files(tmp_path / "w1")) == 2
+    assert "Traceback" not in output + worker_log
+
+
+@pytest.mark.slow
+def test_mongodb_gone_for_good_ends_driver_and_worker_after_the_grace(tmp_path, own_mongo, env,
+                                                                      cifar_dir):
+    server, url = own_mongo
+    log = tmp_path / "driver.log"
+    driver = start_driver("slow", url, env, log, "--max-evals", "3", "--queue-len", "1",
+                          "--outage-grace", "8")
+    worker = start_worker(url, env, tmp_path / "w1", cifar_dir, "--outage-grace", "8")
+    try:
+        wait_until(lambda: list((tmp_path / "w1" / "results").glob("started-*")), 120,
+                   "the worker to start a trial")
+        server.kill()
+        output = finish(driver, log, timeout=90)
+        worker.wait(timeout=90)
+    finally:
+        stop([driver, worker])
+    worker_log = (tmp_path / "w1" / "worker.log").read_text()
+    assert driver.returncode == 1 and worker.returncode == 1, output + worker_log
+    for text in (output, worker_log):
+        assert "(--outage-grace 8): giving up" in text, text
+        assert "Traceback" not in text
+
+
 @pytest.mark.slow
 def test_a_stopped_worker_puts_its_trial_back_at_once(tmp_path, mongo_db, experiment):
     """Ctrl-C or SIGTERM (docker stop): hyperopt would mark the trial as an error."""

@@ -37,7 +37,7 @@ MONGO_JOBS_COLLECTION = "jobs"
 VERSION_BUMP = 2
 # Two looks of the driver at MongoDB this far apart (it polls every second)
 # mean that MongoDB or the driver was stuck: staleness counts afresh.
-STUCK_S = 10.0
+STUCK_S = 5.0
 
 
 # ------------------------------------------------------ addresses ----

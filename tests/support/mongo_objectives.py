@@ -5,6 +5,7 @@ on the workers' PYTHONPATH) through mongo_search.worker_objective, like the
 real objective: `config` holds the driver's settings and the worker's own
 folders, `earlier` the other trials' curves for pruning (unused here). They return a result of the real shape. What each does:
   quick  - 0.5 s of "training", then a result;
+  slow_3s - 3 s of "training", then a result (tests/fault_injection.py);
   slow   - marks that it started (a file named after the worker's pid) and
            takes 4 s, so a test can kill the worker in the middle;
   poison - kills its worker (kill -9) after 1 s, as an out-of-memory kill
@@ -46,6 +47,10 @@ def finish(hype_space, config, seconds):
 
 def quick(hype_space, config, earlier=None):
     return finish(hype_space, config, 0.5)
+
+
+def slow_3s(hype_space, config, earlier=None):
+    return finish(hype_space, config, 3.0)
 
 
 def slow(hype_space, config, earlier=None):

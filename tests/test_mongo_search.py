@@ -167,7 +167,9 @@ def test_the_driver_ends_the_search_after_n_trials_without_a_new_best(mongo_db, 
     done = sorted(jobs_of(mongo_db, JOB_STATE_DONE), key=lambda job: job["refresh_time"])
     losses = [job["result"]["loss"] for job in done]
     assert losses[0] == -0.9 and set(losses[1:]) == {-0.1}
-    assert len(done) in (3, 4)  # the trial running when the search ended still finishes
+    # The driver looks every second: trials of 0.3 s that finished or ran
+    # before it saw the third still count; the 30 are far off.
+    assert 3 <= len(done) < 10
     assert not jobs_of(mongo_db, JOB_STATE_NEW), "queued trials are cancelled"
     assert "Traceback" not in output
     stop(workers)

@@ -52,7 +52,7 @@ import dataset  # noqa: E402
 import utils  # noqa: E402
 
 FULL = {"kills": 20, "max_evals": 24, "worker_kills": 4, "mongo_evals": 16, "reference": True}
-QUICK = {"kills": 3, "max_evals": 4, "worker_kills": 1, "mongo_evals": 6, "reference": False}
+QUICK = {"kills": 2, "max_evals": 3, "worker_kills": 1, "mongo_evals": 5, "reference": False}
 STALE_AFTER = 3.0  # the MongoDB part's --stale-after, seconds
 LEFT_RUNNING_WAIT = 5.0  # seconds a dead search's trial processes get to notice
 POLL = 0.05

@@ -1,5 +1,5 @@
 """The fault-injection run (tests/fault_injection.py) in its short form:
-the local search killed 3 times (once the moment a result file appears),
+the local search killed twice (once the moment a result file appears),
 and over MongoDB a worker killed, the driver restarted and MongoDB paused.
 Nothing may be lost, counted twice or left running."""
 

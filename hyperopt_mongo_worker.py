@@ -60,17 +60,20 @@ def machine_settings(config):
 def keep_alive(jobs, host_id, every, stop, in_trial):
     """Refresh `refresh_time` of the trial this worker is running, every
     `every` seconds, so that the driver can tell a live worker from a dead one
-    (hyperopt alone leaves a dead worker's trial 'running' forever). A beat
-    that finds no such trial while `in_trial` is set means the trial went
-    back to the queue (this worker was paused or cut off for longer than
+    (hyperopt alone leaves a dead worker's trial 'running' forever). When
+    the trial being trained (`in_trial["_id"]`) is no longer this worker's,
+    it went back to the queue (this worker was paused for longer than
     --stale-after) and another worker may run it: stop it at the end of its
     epoch and write nothing for it (trial_process.abandon)."""
     import pymongo.errors
     failing_since = None
     while not stop.wait(every):
+        training = in_trial["_id"]  # read before the beat: see below
         try:  # the server's clock, which the driver compares with
-            beat = jobs.update_many({"owner": host_id, "state": JOB_STATE_RUNNING},
-                                    {"$currentDate": {"refresh_time": True}})
+            jobs.update_many({"owner": host_id, "state": JOB_STATE_RUNNING},
+                             {"$currentDate": {"refresh_time": True}})
+            ours = training is not None and jobs.count_documents(
+                {"_id": training, "owner": host_id, "state": JOB_STATE_RUNNING})
         except pymongo.errors.PyMongoError as err:  # said once; tried again every beat
             if failing_since is None:
                 failing_since = time.monotonic()
@@ -82,13 +85,15 @@ def keep_alive(jobs, host_id, every, stop, in_trial):
             print(f"Heartbeat reaches MongoDB again after "
                   f"{time.monotonic() - failing_since:.0f} s.", file=sys.stderr, flush=True)
             failing_since = None
-        # in_trial is cleared before hyperopt marks the trial done, so a trial
-        # that simply finished is never taken for a lost one.
-        if beat.matched_count == 0 and in_trial.is_set() and not trial_process.abandoned.is_set():
+        # in_trial is cleared before hyperopt marks the trial done, and a new
+        # trial has a new _id: only the same trial, still training and no
+        # longer this worker's, is a lost one.
+        if (training is not None and not ours and in_trial["_id"] == training
+                and not trial_process.abandoned.is_set()):
             print("warning: this worker's trial went back to the queue while the worker "
-                  "was silent (paused, or cut off from MongoDB) for longer than the "
-                  "driver's --stale-after; stopping it at the end of its epoch and writing "
-                  "nothing for it: another worker runs it.", file=sys.stderr, flush=True)
+                  "was silent (paused) for longer than the driver's --stale-after; "
+                  "stopping it at the end of its epoch and writing nothing for it: another "
+                  "worker runs it.", file=sys.stderr, flush=True)
             trial_process.abandon()
 
 
@@ -123,6 +128,14 @@ def patiently(call, grace, what):
                       "done.", file=sys.stderr, flush=True)
             return result
     return call_patiently
+
+
+def forget_result_file(jobs):
+    """Remove the result file of a trial whose result MongoDB refused."""
+    path = getattr(jobs, "last_result_file", None)
+    if path:
+        Path(path).unlink(missing_ok=True)
+        jobs.last_result_file = None
 
 
 def give_back_interrupted(jobs, host_id):
@@ -181,6 +194,10 @@ def run_worker(config, jobs, host_id):
                   f"{config.outage_grace:g} s for it.", file=sys.stderr, flush=True)
             away = mongo_search.wait_for_mongo(config.mongo, config.outage_grace)
             print(f"MongoDB is back after {away:.0f} s; taking trials again.", flush=True)
+            try:  # a trial reserved for us whose answer was lost is not ours to keep
+                give_back_interrupted(jobs.jobs, host_id)
+            except pymongo.errors.PyMongoError:
+                pass  # the driver requeues it once no heartbeat comes
             continue
         except ReserveTimeout:
             if config.reserve_timeout is None or (left is not None and left < config.reserve_timeout):
@@ -190,7 +207,10 @@ def run_worker(config, jobs, host_id):
         except mongo_search.MongoLost:
             raise
         except Exception as err:  # the trial could not run at all (not a failed training)
-            if trial_process.abandoned.is_set():  # said by keep_alive; nothing to mark
+            if trial_process.abandoned.is_set() or "updated doc not found" in str(err):
+                # Requeued while this worker was silent: another worker has it, and
+                # hyperopt's version check refused this result. Keep no file of it.
+                forget_result_file(jobs)
                 print(f"Trial given up here and left to another worker "
                       f"({type(err).__name__}).", flush=True)
                 continue
@@ -241,7 +261,7 @@ def main(argv=None):
     # folders, and where the other trials' learning curves are (for --prune).
     jobs.machine = machine
     jobs.curves = pruning.MongoCurves(config.mongo, config.exp_key)
-    jobs.in_trial = threading.Event()  # set by mongo_search.worker_objective
+    jobs.in_trial = {"_id": None}  # the trial training now (mongo_search.worker_objective)
     # hyperopt writes each trial's result with jobs.update: one that finds
     # MongoDB away waits for it, so a trial trained through an outage is kept.
     jobs.update = patiently(jobs.update, config.outage_grace, "writing a trial's state")

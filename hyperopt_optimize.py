@@ -442,6 +442,11 @@ def take_back(trials, config):
     unsaved = [name for name in utils.result_files(config.results_dir)
                if Path(name).name[:-len(utils.RESULT_SUFFIX)] not in known
                and os.path.getmtime(name) >= saved_at]
+    if len(unsaved) > 1:  # one trial at a time: a kill can leave one file unsaved, not more
+        print(f"note: {len(unsaved)} result files in {config.results_dir}/ are newer than "
+              f"{path} and not in it; a killed search leaves at most one, so they were left "
+              f"alone (to add them: --warm-start {config.results_dir})")
+        return 0
     for name in unsaved:
         print(f"taking back {name}: written after {path} was last saved")
     return add_result_files(trials, unsaved) if unsaved else 0

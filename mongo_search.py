@@ -240,7 +240,9 @@ def run_driver(search, driver, objective, space, warm_start):
             try:
                 trials = queue_and_follow(search, driver, objective, space, warm_start, seen)
                 break
-            except pymongo.errors.ConnectionFailure as err:
+            except (pymongo.errors.ConnectionFailure, MongoLost) as err:
+                if isinstance(err, MongoLost) and not seen:
+                    raise  # at start-up: say so at once
                 print(f"MongoDB at {redact(driver.mongo)} went away ({short_reason(err)}); "
                       f"waiting up to {driver.outage_grace:g} s for it. Running trials train "
                       "on.", flush=True)
@@ -260,8 +262,13 @@ def run_driver(search, driver, objective, space, warm_start):
               "is safe in the database: run the same command again once MongoDB is "
               "back.", file=sys.stderr)
         return 1
-    counts = job_counts(trials.handle.jobs, driver.exp_key)
-    trials.refresh()
+    try:
+        counts = job_counts(trials.handle.jobs, driver.exp_key)
+        trials.refresh()
+    except pymongo.errors.PyMongoError as err:
+        print(f"The search is over; MongoDB did not answer for its summary "
+              f"({short_reason(err)}).")
+        return 0
     print((f"Done: experiment {driver.exp_key!r} has {describe_counts(counts)}. Each "
            "trial's JSON is in the results folder of the worker that ran it. "
            + pruning.summary(finished_results(trials), search.epochs)).rstrip())
@@ -382,7 +389,7 @@ def worker_objective(objective, settings, expr, memo, ctrl):
     this worker's own folders, which hyperopt_mongo_worker.py hands over as
     `machine` on the job handle that hyperopt gives back here, with `curves`
     (a pruning.MongoCurves) for --prune and `in_trial`, which tells the
-    worker's heartbeat that a trial is training. Under hyperopt's own
+    worker's heartbeat which trial is training (and gets `last_result_file`). Under hyperopt's own
     hyperopt-mongo-worker there are none: the driver's folders stay and
     trials are not pruned. Raises TrialTakenAway when the heartbeat found
     the trial requeued meanwhile (trial_process.abandon): nothing was written."""
@@ -394,18 +401,22 @@ def worker_objective(objective, settings, expr, memo, ctrl):
     curves = getattr(ctrl.trials.handle, "curves", None)  # pruning.MongoCurves
     if pruning.rule_of(settings) is None:
         curves = None
-    in_trial = getattr(ctrl.trials.handle, "in_trial", None)  # the heartbeat watches it
+    handle = ctrl.trials.handle
+    in_trial = getattr(handle, "in_trial", None)  # {"_id": ...}: the heartbeat watches it
     trial_process.abandoned.clear()
+    handle.last_result_file = None
     if in_trial is not None:
-        in_trial.set()
+        in_trial["_id"] = ctrl.current_trial["_id"]
     try:
         result = objective(hype_space, settings, earlier=curves)
     finally:
         if in_trial is not None:
-            in_trial.clear()  # before hyperopt writes the result
+            in_trial["_id"] = None  # before hyperopt writes the result
     if trial_process.abandoned.is_set():
         raise TrialTakenAway(f"trial {ctrl.current_trial['tid'] + 1} went back to the queue "
                              "while this worker was silent; another worker runs it")
+    if isinstance(result, dict) and result.get("model_name"):  # to remove if not stored
+        handle.last_result_file = utils.result_path(result, settings.results_dir)
     return result
 
 

@@ -105,6 +105,8 @@ def train_in_child(hype_space, settings, called_at=None, earlier=None):
         trial.tasks.send(task)
     global _running
     _running = trial
+    if abandoned.is_set():  # abandon() came before _running was set
+        abandon()
     try:
         _spare = start()
         kind, payload = receive_result(trial.results)

@@ -125,3 +125,21 @@ def test_a_result_file_that_results_pkl_missed_is_taken_back_not_trained_again(
     assert names == ["model_new0", "model_0.676100_unsvd"]
     assert hyperopt_optimize.main(argv + ["--max-evals", "3"]) == 0  # never twice
     assert len(hyperopt_optimize.load_trials(config.trials_file).trials) == 3
+
+
+def test_more_than_one_unsaved_result_file_is_left_to_warm_start(config, cifar_dir, monkeypatch,
+                                                                 capsys):
+    """A killed search leaves at most one result file unsaved: two or more
+    newer files come from elsewhere and are not adopted silently."""
+    monkeypatch.setattr(hyperopt_optimize, "optimize_cnn", cheap_objective)
+    results = Path(config.results_dir)
+    argv = ["--data-dir", str(cifar_dir), "--results-dir", str(results), "--no-plots",
+            "--trials-file", config.trials_file, "--offline", "--max-evals", "1"]
+    assert hyperopt_optimize.main(argv) == 0
+    for uid in ("other1", "other2"):
+        copy = dict(json.loads(ORIGINAL_BEST.read_text()), model_name=f"model_0.5_{uid}")
+        utils.save_json_result(copy, results)
+    capsys.readouterr()
+    assert hyperopt_optimize.main(argv) == 0
+    assert "2 result files" in capsys.readouterr().out
+    assert len(hyperopt_optimize.load_trials(config.trials_file).trials) == 1

@@ -33,6 +33,7 @@ from hyperopt import JOB_STATE_ERROR, JOB_STATE_RUNNING  # noqa: E402
 from hyperopt.mongoexp import MongoWorker, ReserveTimeout  # noqa: E402
 
 import dataset  # noqa: E402
+import mongo_compat  # noqa: E402
 import mongo_search  # noqa: E402
 import pruning  # noqa: E402
 import trial_process  # noqa: E402
@@ -78,7 +79,7 @@ def keep_alive(jobs, host_id, every, stop, in_trial):
             if failing_since is None:
                 failing_since = time.monotonic()
                 print(f"warning: heartbeat cannot reach MongoDB "
-                      f"({mongo_search.short_reason(err)}); the trial trains on, and the "
+                      f"({mongo_compat.short_reason(err)}); the trial trains on, and the "
                       "heartbeat goes on trying.", file=sys.stderr, flush=True)
             continue
         if failing_since is not None:
@@ -105,23 +106,23 @@ def patiently(call, grace, what):
     import pymongo.errors
 
     def call_patiently(*args, **kwargs):
-        started, pause = None, 1.0
+        started = pauses = None
         while True:
             try:
                 result = call(*args, **kwargs)
             except pymongo.errors.ConnectionFailure as err:
                 if started is None:
                     started = time.monotonic()
-                    print(f"MongoDB went away while {what} ({mongo_search.short_reason(err)}); "
+                    pauses = mongo_search.retry_pauses(grace, started)
+                    print(f"MongoDB went away while {what} ({mongo_compat.short_reason(err)}); "
                           f"retrying for up to {grace:g} s.", file=sys.stderr, flush=True)
-                waited = time.monotonic() - started
-                if waited + pause > grace:
+                pause = next(pauses, None)
+                if pause is None:
                     raise mongo_search.MongoLost(
-                        f"MongoDB has been away for {waited:.0f} s while {what} "
-                        f"(--outage-grace {grace:g}): giving up. The trial goes back to the "
-                        "queue once the driver sees it is silent.") from None
+                        f"MongoDB has been away for {time.monotonic() - started:.0f} s while "
+                        f"{what} (--outage-grace {grace:g}): giving up. The trial goes back to "
+                        "the queue once the driver sees it is silent.") from None
                 time.sleep(pause)
-                pause = min(pause * 2, 15.0)
                 continue
             if started is not None:
                 print(f"MongoDB is back after {time.monotonic() - started:.0f} s; {what}: "
@@ -190,7 +191,7 @@ def run_worker(config, jobs, host_id):
         try:
             worker.run_one(host_id, reserve_timeout=min(timeouts) if timeouts else None)
         except pymongo.errors.ConnectionFailure as err:  # taking or reading a trial
-            print(f"MongoDB went away ({mongo_search.short_reason(err)}); waiting up to "
+            print(f"MongoDB went away ({mongo_compat.short_reason(err)}); waiting up to "
                   f"{config.outage_grace:g} s for it.", file=sys.stderr, flush=True)
             away = mongo_search.wait_for_mongo(config.mongo, config.outage_grace)
             print(f"MongoDB is back after {away:.0f} s; taking trials again.", flush=True)
@@ -242,7 +243,6 @@ def main(argv=None):
         parser.error("no MongoDB given: pass --mongo HOST:PORT/DB or set HKS_MONGO or "
                      "MONGO_DB_HOST")
     signal.signal(signal.SIGTERM, utils.raise_interrupt)
-    import mongo_compat
     machine = machine_settings(config)
     config.workdir = str(Path(config.workdir or os.getcwd()).resolve())
     try:

@@ -235,15 +235,19 @@ def open_jobs(url):
     return jobs
 
 
+def short_reason(err):
+    """A pymongo error without its topology description, for one line."""
+    return str(err).split(", Timeout:")[0].split(" (configured timeouts")[0][:200]
+
+
 def unreachable_reason(err, where):
     """What a failed ping to MongoDB at `where` means, and what to check."""
     if isinstance(err, pymongo.errors.OperationFailure):
         return (f"MongoDB at {where} refused the connection: "
                 f"{err.details.get('errmsg', err)}. Check the user name, password and "
                 "authSource in --mongo (or MONGO_DB_USER/MONGO_DB_PASSWORD).")
-    reason = str(err).split(", Timeout:")[0].split(" (configured timeouts")[0]
     return (f"cannot reach MongoDB at {where} within {SERVER_SELECTION_TIMEOUT_S:g} s "
-            f"({reason}). Is mongod running there, and are the host and port right? "
+            f"({short_reason(err)}). Is mongod running there, and are the host and port right? "
             "(--mongo HOST:PORT/DB, HKS_MONGO or MONGO_DB_HOST/MONGO_DB_PORT)")
 
 

@@ -38,6 +38,7 @@ VERSION_BUMP = 2
 # Two looks of the driver at MongoDB this far apart (it polls every second)
 # mean that MongoDB or the driver was stuck: staleness counts afresh.
 STUCK_S = 5.0
+RETRY_PAUSE_MAX_S = 15.0  # the longest pause between tries while MongoDB is away
 
 
 # ------------------------------------------------------ addresses ----
@@ -234,6 +235,7 @@ def run_driver(search, driver, objective, space, warm_start):
     `warm_start(trials, folder)` adds result files as trials. Returns the
     exit code, having said what happened in one line."""
     import pymongo.errors
+    import mongo_compat
     seen = {}  # what the driver has reported, kept across MongoDB outages
     try:
         while True:
@@ -243,7 +245,7 @@ def run_driver(search, driver, objective, space, warm_start):
             except (pymongo.errors.ConnectionFailure, MongoLost) as err:
                 if isinstance(err, MongoLost) and not seen:
                     raise  # at start-up: say so at once
-                print(f"MongoDB at {redact(driver.mongo)} went away ({short_reason(err)}); "
+                print(f"MongoDB at {redact(driver.mongo)} went away ({mongo_compat.short_reason(err)}); "
                       f"waiting up to {driver.outage_grace:g} s for it. Running trials train "
                       "on.", flush=True)
                 away = wait_for_mongo(driver.mongo, driver.outage_grace)
@@ -267,7 +269,7 @@ def run_driver(search, driver, objective, space, warm_start):
         trials.refresh()
     except pymongo.errors.PyMongoError as err:
         print(f"The search is over; MongoDB did not answer for its summary "
-              f"({short_reason(err)}).")
+              f"({mongo_compat.short_reason(err)}).")
         return 0
     print((f"Done: experiment {driver.exp_key!r} has {describe_counts(counts)}. Each "
            "trial's JSON is in the results folder of the worker that ran it. "
@@ -279,9 +281,15 @@ class MongoLost(Exception):
     """MongoDB cannot be reached or refuses us; the message says what to check."""
 
 
-def short_reason(err):
-    """A pymongo error without its topology description."""
-    return str(err).split(", Timeout:")[0].split(" (configured timeouts")[0][:200]
+def retry_pauses(grace, started):
+    """The pauses between tries while MongoDB is away: 1, 2, 4 ... up to
+    RETRY_PAUSE_MAX_S seconds, as long as one more still ends within `grace`
+    seconds of `started` (a time.monotonic() stamp). The driver and the
+    workers both wait this way."""
+    pause = 1.0
+    while time.monotonic() - started + pause <= grace:
+        yield pause
+        pause = min(pause * 2, RETRY_PAUSE_MAX_S)
 
 
 def wait_for_mongo(url, grace, started=None):
@@ -290,19 +298,19 @@ def wait_for_mongo(url, grace, started=None):
     have passed (raises MongoLost, with what to do)."""
     import mongo_compat
     started = time.monotonic() if started is None else started
-    pause = 1.0
+    pauses = retry_pauses(grace, started)
     while True:
         try:
             mongo_compat.open_jobs(url).conn.close()
             return time.monotonic() - started
         except mongo_compat.MongoUnavailable as err:
-            waited = time.monotonic() - started
-            if waited + pause > grace:
+            pause = next(pauses, None)
+            if pause is None:
+                waited = time.monotonic() - started
                 raise MongoLost(f"MongoDB at {redact(url)} has been away for {waited:.0f} s "
                                 f"(--outage-grace {grace:g}): giving up. Nothing is lost: run "
                                 f"the same command again once it is back. ({err})") from None
             time.sleep(pause)
-            pause = min(pause * 2, 15.0)
 
 
 class SearchStalled(Exception):

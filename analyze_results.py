@@ -151,14 +151,17 @@ def trials_frame(trials):
     for number, trial in enumerate(trials, 1):
         result = trial["result"]
         row = {"trial": number, "file": trial["path"].name, "status": result.get("status"),
-               "model_name": result.get("model_name"), "pruned": bool(result.get("pruned"))}
+               "model_name": result.get("model_name"), "pruned": bool(result.get("pruned")),
+               # results written before --dataset existed are all CIFAR-100's
+               "dataset": utils.data_line(result) if result.get("dataset") else
+               "cifar100, 100 classes in 20 groups, 32 px"}
         row.update({key: result.get(key) for key in RESULT_COLUMNS})
         if row["epochs"] is None:  # the original's results: the history says
             row["epochs"] = len(utils.val_fine_curve(result)) or None
         row["error"] = str(result.get("error") or "").strip().split("\n")[0] or None
         rows.append(row)
     info = pd.DataFrame(rows, columns=["trial", "file", "status", "model_name", "pruned",
-                                       *RESULT_COLUMNS, "error"])
+                                       "dataset", *RESULT_COLUMNS, "error"])
     for key in RESULT_COLUMNS:
         info[key] = pd.to_numeric(info[key], errors="coerce")
     space = pd.DataFrame([t["result"]["space"] for t in trials], index=info.index)
@@ -266,6 +269,10 @@ def summary_line(frame, ok, skipped):
     if ok.any():
         best = frame.loc[frame.loc[ok, "fine_best_accuracy"].idxmax()]
         line += f"; best fine accuracy {best['fine_best_accuracy']:.4f} in {best['file']}"
+    data_sets = frame["dataset"].dropna().unique()
+    if len(data_sets) > 1:
+        line += (f". warning: the folder mixes results of {len(data_sets)} data sets "
+                 f"({'; '.join(data_sets)}), whose accuracies do not compare")
     return line
 
 

@@ -14,7 +14,8 @@ activation are drawn in a grid, strongest first, one PNG per layer in layers/
 
 The model is rebuilt with neural_net.build_model from the hyperspace saved
 next to the weights (weights/<id>.space.json) or from a result file
-(--result). Works under both Keras backends: the gradient comes from
+(--result), for the image size and heads of its data set
+(weights/<id>.dataset.json, or the result; CIFAR-100's when neither says). Works under both Keras backends: the gradient comes from
 tf.GradientTape with TensorFlow and from jax.grad with JAX.
 
     python conv_filters_visualization.py --weights weights/<id>.weights.h5
@@ -43,7 +44,7 @@ GREY, NOISE = 128.0, 20.0  # start images: grey +- noise / 2
 PIXEL_MAX = 255.0  # the model's inputs are 0..255 floats (it rescales them itself)
 FILTER_BATCH = 64  # filters ascended together, one image each
 CONTRAST = 0.15  # deprocessing: standard deviation of a tile around mid-grey
-TILE_ZOOM = 4  # each 32x32 pattern is drawn 128x128
+TILE_ZOOM = 4  # each 32x32 pattern is drawn 128x128 (larger images, larger tiles)
 MARGIN = 4  # pixels between tiles
 SEED = 0
 
@@ -86,22 +87,35 @@ def read_json(path, what):
 
 
 def find_hyperspace(weights, result_file):
-    """The hyperspace of the weights: from --result, else from the file beside them."""
+    """(hyperspace, data set shape) of the weights: from --result, else from
+    the files beside them."""
     if result_file:
         result = read_json(result_file, "the result file")
         space = result.get("space") if isinstance(result, dict) else None
         if not isinstance(space, dict):
             raise VisualizationError(f"{result_file} has no 'space': it is not a result "
                                      "file of the search")
-        return space
-    space_file = weights.with_name(weights.name.removesuffix(utils.WEIGHTS_SUFFIX) + utils.SPACE_SUFFIX)
+        return space, data_set_shape(result)
+    stem = weights.name.removesuffix(utils.WEIGHTS_SUFFIX)
+    space_file = weights.with_name(stem + utils.SPACE_SUFFIX)
     if not space_file.is_file():
         raise VisualizationError(f"no hyperspace next to the weights: {space_file} does "
                                  "not exist; pass --result FILE (the model's result JSON)")
     space = read_json(space_file, "the hyperspace")
     if not isinstance(space, dict):
         raise VisualizationError(f"{space_file} does not hold a hyperspace")
-    return space
+    data_file = weights.with_name(stem + utils.DATASET_SUFFIX)
+    info = read_json(data_file, "the data set file") if data_file.is_file() else {}
+    return space, data_set_shape(info if isinstance(info, dict) else {})
+
+
+def data_set_shape(record):
+    """build_model's image size and heads from a result or a data set file
+    (CIFAR-100's for those written before --dataset existed)."""
+    if not record.get("nb_classes"):
+        return {}
+    return {"image_size": record.get("image_size") or 32, "nb_classes": record["nb_classes"],
+            "nb_groups": record.get("nb_groups")}
 
 
 def check_weights_path(weights):
@@ -112,12 +126,12 @@ def check_weights_path(weights):
         raise VisualizationError(f"weights file {weights} does not exist")
 
 
-def load_model(neural_net, hype_space, weights):
-    """The model of `hype_space` with the saved weights."""
+def load_model(neural_net, hype_space, weights, shape=None):
+    """The model of `hype_space` (for the data set `shape`) with the saved weights."""
     import keras
     keras.backend.clear_session()  # layer names conv2d, conv2d_1, ... as in the summary
     try:
-        model = neural_net.build_model(hype_space)
+        model = neural_net.build_model(hype_space, **(shape or {}))
     except (KeyError, ValueError, TypeError) as err:
         raise VisualizationError(f"the hyperspace cannot build a model "
                                  f"({type(err).__name__}: {err})") from None
@@ -301,9 +315,9 @@ def main(argv=None):
     weights = Path(os.path.expanduser(args.weights))
     try:
         check_weights_path(weights)
-        hype_space = find_hyperspace(weights, args.result)
+        hype_space, shape = find_hyperspace(weights, args.result)
         import neural_net
-        model = load_model(neural_net, hype_space, weights)
+        model = load_model(neural_net, hype_space, weights, shape)
         layers = conv_layers(model)
         if not layers:
             raise VisualizationError("the model has no convolution layer")

@@ -16,6 +16,7 @@ size, ...) comes from the driver, inside the experiment.
 """
 
 import argparse
+import dataclasses
 import os
 import signal
 import socket
@@ -55,7 +56,23 @@ def machine_settings(config):
         return str(Path(os.path.expanduser(path)).resolve())
     return utils.MachineSettings(
         data_dir=absolute(config.data_dir), results_dir=absolute(config.results_dir),
-        keras_home=absolute(config.keras_home), offline=config.offline)
+        keras_home=absolute(config.keras_home), offline=config.offline,
+        cache_dir=absolute(config.cache_dir))
+
+
+def own_data_set(config, machine):
+    """This worker's --dataset (a folder made absolute), loaded once to refuse
+    to start without it; None: each trial loads the data set its driver names."""
+    if config.dataset is None:
+        return None
+    own = config.dataset
+    if dataset.is_folder(own):
+        own = str(Path(os.path.expanduser(own)).resolve())
+    settings = dataclasses.replace(utils.TrialSettings(**dataclasses.asdict(machine)),
+                                   dataset=own)
+    dataset.load_dataset(settings)
+    dataset.unload()  # each trial's process loads its own copy
+    return own
 
 
 def keep_alive(jobs, host_id, every, stop, in_trial):
@@ -207,6 +224,10 @@ def run_worker(config, jobs, host_id):
             return 0
         except mongo_search.MongoLost:
             raise
+        except dataset.DatasetError as err:  # hyperopt marked the trial as an error
+            print(f"error: {err}. This worker stops: the next trials would fail the same way.",
+                  file=sys.stderr, flush=True)
+            return 1
         except Exception as err:  # the trial could not run at all (not a failed training)
             if trial_process.abandoned.is_set() or "updated doc not found" in str(err):
                 # Requeued while this worker was silent: another worker has it, and
@@ -251,8 +272,7 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 1
     try:
-        dataset.load_cifar100(config=machine)  # refuse to take trials without data
-        dataset.unload_cifar100()  # each trial's process loads its own copy
+        own = own_data_set(config, machine)  # refuse to take trials without data
     except dataset.DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -260,6 +280,7 @@ def main(argv=None):
     # What mongo_search.worker_objective gives each trial: this machine's
     # folders, and where the other trials' learning curves are (for --prune).
     jobs.machine = machine
+    jobs.dataset = own
     jobs.curves = pruning.MongoCurves(config.mongo, config.exp_key)
     jobs.in_trial = {"_id": None}  # the trial training now (mongo_search.worker_objective)
     # hyperopt writes each trial's result with jobs.update: one that finds
@@ -269,8 +290,9 @@ def main(argv=None):
     # Unique even for a worker restarted with the same pid (containers): the
     # heartbeat must never revive the trial of a previous life.
     host_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:4]}"
+    data = own or f"the driver's data set (archives in {machine.data_dir})"
     print(f"Worker {host_id} taking trials of {config.exp_key!r} from "
-          f"{mongo_search.redact(config.mongo)}; data in {machine.data_dir}, results to "
+          f"{mongo_search.redact(config.mongo)}; data: {data}, results to "
           f"{machine.results_dir}. {neural_net.device_line()}", flush=True)
     stop = threading.Event()
     threading.Thread(target=keep_alive,

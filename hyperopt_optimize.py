@@ -1,5 +1,6 @@
 """Search the hyperparameters and the architecture of the CIFAR-100 CNN with
-hyperopt's TPE.
+hyperopt's TPE (or of the same CNN on CIFAR-10, a folder of your own images
+or a synthetic set: --dataset).
 
 Every trial trains one model (neural_net.build_and_train, in a process of its
 own: trial_process.py), writes its result to results/<model_name>.txt.json,
@@ -15,6 +16,7 @@ the experiment.
 """
 
 import argparse
+import dataclasses
 import functools
 import os
 import pickle
@@ -47,7 +49,8 @@ space = {
     "l2_weight_reg_mult": hp.loguniform("l2_weight_reg_mult", -1.3, 1.3),
     "batch_size": hp.quniform("batch_size", 100, 700, 5),
     "optimizer": hp.choice("optimizer", ["Adam", "Nadam", "RMSprop"]),
-    # Weight of the 20-class coarse loss next to the fine loss (1.0):
+    # Weight of the 20-class coarse loss next to the fine loss (1.0); drawn
+    # but unused with one head (the space stays the same for every data set):
     "coarse_labels_weight": hp.uniform("coarse_labels_weight", 0.1, 0.7),
     "conv_dropout_drop_proba": hp.uniform("conv_dropout_proba", 0.0, 0.35),
     "fc_dropout_drop_proba": hp.uniform("fc_dropout_proba", 0.0, 0.6),
@@ -97,6 +100,7 @@ SPACE_BEST_ORIGINAL = {
     "pooling_type": "avg", "res_conv_kernel_size": 2.0, "residual": 3.0, "use_BN": True,
 }
 
+DATA_SET_KEY = "hks_data_set"  # in Trials.attachments: what the trials were run on
 DEMO_PLOT = "model_demo.png"
 BEST_PLOT = "model_best.png"
 
@@ -210,6 +214,26 @@ def search_has_stalled(trials, config):
     if line:
         print(line, flush=True)
     return bool(line)
+
+
+def check_data_set(trials, info, path):
+    """Refuse to resume trials run on another data set (their accuracies
+    would not compare); record the data set in the trials file otherwise.
+    A trials file of an earlier version is taken to be of its first trial's
+    data set (CIFAR-100 for results without one)."""
+    current = dataset.identity(info)
+    recorded = trials.attachments.get(DATA_SET_KEY)
+    if recorded is None and trials.trials:
+        recorded = dataset.identity(trials.trials[0]["result"])
+    if recorded is not None and not dataset.same_identity(recorded, current):
+        raise SearchError(
+            f"{path} holds trials run on {dataset.describe_identity(recorded)}, not on "
+            f"{dataset.describe_identity(current)}: their accuracies would not compare. "
+            f"Give this search its own --trials-file and --results-dir, or run with the "
+            f"data set of those trials (--dataset, --image-size).")
+    if recorded is None or tuple(recorded) != current:
+        trials.attachments[DATA_SET_KEY] = list(current)
+        utils.atomic_pickle(trials, path)
 
 
 def save_finished_trials(trials, done, path):
@@ -344,10 +368,11 @@ def plot_models(config, demo=True):
         neural_net.keep_off_the_gpu()  # the trial processes need all of it
     best = utils.load_best_hyperspace(config.results_dir) or SPACE_BEST_ORIGINAL
     plots = [(DEMO_PLOT, SPACE_DEMO)] if demo else []
+    shape = dataset.model_shape(config)
     for path, hype_space in plots + [(BEST_PLOT, best)]:
         if _plots_unavailable:
             return
-        model = neural_net.build_model(hype_space)
+        model = neural_net.build_model(hype_space, **shape)
         try:
             keras.utils.plot_model(model, to_file=path, show_shapes=True)
         except ImportError:
@@ -373,18 +398,22 @@ def build_parser():
 def main(argv=None):
     _, (config, driver) = utils.parse_or_exit(
         build_parser(), [utils.SearchSettings, mongo_search.DriverSettings], argv)
+    config = with_absolute_folder(config)
     signal.signal(signal.SIGTERM, utils.raise_interrupt)
     if driver.mongo:  # no data set, no training here
         return mongo_search.run_driver(config, driver, optimize_cnn, space, warm_start)
     try:
+        if dataset.is_folder(config.dataset):  # a wrong path or layout: said at once
+            dataset.scan_folder(Path(config.dataset))
         trials = prepare_trials(config)
-    except (SearchError, OSError) as err:
+    except (SearchError, OSError, dataset.DatasetError) as err:
         print(f"error: {utils.os_error_text(err)}", file=sys.stderr)
         return 1
     try:
         dataset.training_data(config)  # a missing data set stops us here, once
+        check_data_set(trials, dataset.load_dataset(config).info, config.trials_file)
         if not config.in_process:
-            dataset.unload_cifar100()  # the trials' processes load their own copy
+            dataset.unload()  # the trials' processes load their own copy
         import neural_net
         print(neural_net.device_line(), flush=True)
         if config.plots:
@@ -401,6 +430,15 @@ def main(argv=None):
     print(f"Done: {len(results)} trials in {config.trials_file}; results in "
           f"{config.results_dir}/. {pruning.summary(results, config.epochs)}".rstrip())
     return 0
+
+
+def with_absolute_folder(config):
+    """--dataset DIR as an absolute path: trial processes and MongoDB workers
+    run in other folders."""
+    if not dataset.is_folder(config.dataset):
+        return config
+    return dataclasses.replace(
+        config, dataset=str(Path(os.path.expanduser(config.dataset)).resolve()))
 
 
 def prepare_trials(config):

@@ -24,6 +24,7 @@ import numpy as np
 from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_RUNNING
 from hyperopt.base import JOB_STATE_CANCEL
 
+import dataset
 import pruning
 import trial_process
 import utils
@@ -31,6 +32,7 @@ import utils
 MONGO_DEFAULT_PORT = 27017
 MONGO_DEFAULT_DB = "hyperopt"
 MONGO_JOBS_COLLECTION = "jobs"
+DATA_SETS_COLLECTION = "hks_data_sets"  # {_id: exp_key, identity: dataset.identity()}
 # hyperopt's MongoJobs.update writes to {_id, version v} and then checks that
 # {_id, version v+1} exists: a jump of 2 makes both fail for a worker whose
 # trial was taken away, so its late result never lands on the requeued trial.
@@ -220,6 +222,11 @@ class WorkerSettings(utils.MachineSettings):
         None, "--workdir", "HKS_WORKDIR", str,
         "folder trials run in (TensorBoard/ and weights/ land there; default: the "
         "current folder)")
+    dataset: str | None = utils.setting(
+        None, "--dataset", "HKS_DATASET", utils.dataset_spec,
+        "the data set this worker trains on (default: the one the driver names). For a "
+        "folder of images, its path on this machine; a trial of another data set is "
+        "refused (the trial gets the error) and the worker exits")
     heartbeat: float = utils.setting(
         10.0, "--heartbeat", "HKS_HEARTBEAT", utils.positive_number,
         "seconds between the worker's signs of life for its running trial")
@@ -256,7 +263,7 @@ def run_driver(search, driver, objective, space, warm_start):
               "are running and the queued ones wait. Run the same command again to "
               "resume.", file=sys.stderr)
         return utils.EXIT_INTERRUPTED
-    except MongoLost as err:
+    except (MongoLost, DataSetMismatch, dataset.DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except pymongo.errors.PyMongoError as err:
@@ -333,6 +340,7 @@ def queue_and_follow(search, driver, objective, space, warm_start, seen=None):
     # by its first use, hyperopt warns and skips ahead).
     trials.handle.db.job_ids.update_one({"a": 0}, {"$setOnInsert": {"last_id": 0}},
                                         upsert=True)
+    check_data_set(trials.handle.db, driver.exp_key, search)
     if search.warm_start:
         print(f"Warm start: added {warm_start(trials, search.warm_start)} trials from "
               f"{search.warm_start}/.")
@@ -361,6 +369,44 @@ def queue_and_follow(search, driver, objective, space, warm_start, seen=None):
         wait_for_running(trials, driver, follow)
     follow(trials, final=True)
     return trials
+
+
+class DataSetMismatch(Exception):
+    """The experiment's trials were run on another data set."""
+
+
+def check_data_set(db, exp_key, search):
+    """Record the experiment's data set at its first run; refuse a driver
+    started again on it with another one (the accuracies would not compare)."""
+    current = dataset.expected_identity(search)
+    if current[2] is None:
+        print(f"note: the folder {search.dataset} is not on this machine; workers need it "
+              "at that path, or started with --dataset <its path there>.", flush=True)
+    collection = db[DATA_SETS_COLLECTION]
+    collection.update_one({"_id": exp_key}, {"$setOnInsert": {"identity": list(current)}},
+                          upsert=True)
+    recorded = collection.find_one({"_id": exp_key})["identity"]
+    if not dataset.same_identity(recorded, current):
+        raise DataSetMismatch(
+            f"experiment {exp_key!r} holds trials run on "
+            f"{dataset.describe_identity(recorded)}, not on "
+            f"{dataset.describe_identity(current)}: their accuracies would not compare. "
+            "Give this search its own --exp-key, or run with the data set of those trials.")
+    if recorded[2] is None and current[2] is not None:  # first run did not know the classes
+        collection.update_one({"_id": exp_key}, {"$set": {"identity": list(current)}})
+
+
+def own_data_set(settings, own):
+    """The driver's trial settings with this worker's own --dataset (a
+    folder's path on this machine); DatasetError when it is another data set."""
+    if own is None:
+        return settings
+    if dataset.dataset_name(own) != dataset.dataset_name(settings.dataset):
+        raise dataset.DatasetError(
+            f"this worker trains on {dataset.dataset_name(own)} (its --dataset) but the "
+            f"trial is of {dataset.dataset_name(settings.dataset)}: start the worker "
+            "without --dataset, or with that data set's path on its machine")
+    return dataclasses.replace(settings, dataset=own)
 
 
 def finished_results(trials):
@@ -395,7 +441,7 @@ def worker_objective(objective, settings, expr, memo, ctrl):
     expression, its memo of drawn values and the trial's control): the
     hyperspace drawn, trained by `objective` with the driver's `settings` but
     this worker's own folders, which hyperopt_mongo_worker.py hands over as
-    `machine` on the job handle that hyperopt gives back here, with `curves`
+    `machine` (and its own --dataset as `dataset`) on the job handle that hyperopt gives back here, with `curves`
     (a pruning.MongoCurves) for --prune and `in_trial`, which tells the
     worker's heartbeat which trial is training (and gets `last_result_file`). Under hyperopt's own
     hyperopt-mongo-worker there are none: the driver's folders stay and
@@ -406,6 +452,7 @@ def worker_objective(objective, settings, expr, memo, ctrl):
     machine = getattr(ctrl.trials.handle, "machine", None)
     if machine is not None:
         settings = dataclasses.replace(settings, **dataclasses.asdict(machine))
+    settings = own_data_set(settings, getattr(ctrl.trials.handle, "dataset", None))
     curves = getattr(ctrl.trials.handle, "curves", None)  # pruning.MongoCurves
     if pruning.rule_of(settings) is None:
         curves = None

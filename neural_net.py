@@ -1,10 +1,13 @@
 """The CNN built from a hyperspace, and training one trial of the search.
 
-`build_model(hype_space)` returns the compiled two-headed Keras 3 model (100
-fine and 20 coarse CIFAR-100 labels); `build_and_train(hype_space)` trains it
-and returns `(model, model_name, result)`. Only Keras 3 APIs are used, so
-`KERAS_BACKEND=jax` runs the same code. The data comes from dataset.py
-(`neural_net.load_cifar100` is the same function, for older scripts).
+`build_model(hype_space)` returns the compiled Keras 3 model: two heads for a
+data set with two label levels (CIFAR-100's 100 fine and 20 coarse labels, the
+default), only the fine head for one level (CIFAR-10, a folder of class
+folders). `build_and_train(hype_space)` trains it on the data set that
+--dataset / HKS_DATASET names and returns `(model, model_name, result)`. Only
+Keras 3 APIs are used, so `KERAS_BACKEND=jax` runs the same code. The data
+comes from dataset.py (`neural_net.load_cifar100` is the same function, for
+older scripts).
 """
 
 import contextlib
@@ -106,17 +109,26 @@ def inception_reduction(x, n_filters, hs):
 
 # -------------------------------------------------------- the model ----
 
-def build_model(hype_space, precision="float32"):
-    """The compiled two-headed CNN that `hype_space` describes. With a mixed
-    `precision` the layers compute in 16 bits and keep float32 weights; the
-    softmax heads stay float32 either way."""
+def build_model(hype_space, precision="float32", image_size=dataset.IMAGE_SIZE,
+                nb_classes=dataset.NB_CLASSES_FINE, nb_groups=dataset.NB_CLASSES_COARSE):
+    """The compiled CNN that `hype_space` describes, for RGB images of
+    `image_size` px: a fine head of `nb_classes` and, unless `nb_groups` is
+    None, a coarse head (the defaults are CIFAR-100's; `**shape_of(info)`
+    gives a data set's). With a mixed `precision` the layers compute in 16
+    bits and keep float32 weights; the softmax heads stay float32 either way."""
     with dtype_policy(resolve_precision(precision)):
-        return build_layers_and_compile(hype_space)
+        return build_layers_and_compile(hype_space, image_size, nb_classes, nb_groups)
 
 
-def build_layers_and_compile(hype_space):
+def shape_of(info):
+    """build_model's image size and heads for a data set's info (dataset.py)."""
+    return {"image_size": info["image_size"], "nb_classes": info["nb_classes"],
+            "nb_groups": info["nb_groups"]}
+
+
+def build_layers_and_compile(hype_space, image_size, nb_classes, nb_groups):
     hs = hype_space
-    images = keras.Input(shape=dataset.IMAGE_SHAPE, name="images")
+    images = keras.Input(shape=(image_size, image_size, 3), name="images")
     x = layers.Rescaling(1.0 / 255, name="to_unit_range")(images)
     x = layers.RandomFlip("horizontal", name="random_flip")(x)  # training only
 
@@ -141,22 +153,32 @@ def build_layers_and_compile(hype_space):
 
     # The heads stay float32 under mixed precision: a 16-bit softmax loses
     # the small probabilities that the cross-entropy needs.
-    fine = layers.Dense(dataset.NB_CLASSES_FINE, activation="softmax", name="fine_outputs",
+    fine = layers.Dense(nb_classes, activation="softmax", name="fine_outputs",
                         kernel_regularizer=l2_reg(hs), dtype="float32")(x)
-    coarse = layers.Dense(dataset.NB_CLASSES_COARSE, activation="softmax",
-                          name="coarse_outputs", kernel_regularizer=l2_reg(hs),
-                          dtype="float32")(x)
-    model = keras.Model(inputs=images, outputs=[fine, coarse])
     optimizer = OPTIMIZERS[hs["optimizer"]](
         learning_rate=STARTING_LEARNING_RATE * hs["lr_rate_mult"])
+    # XLA: always under JAX, on a GPU under TensorFlow. Not on TensorFlow's
+    # CPU, where it measured slower (docs/performance.md).
+    if nb_groups is None:
+        # One head: coarse_labels_weight is drawn but has nothing to weigh.
+        # The accuracy keeps the two-headed model's name, so the history,
+        # the pruning and the results read the same.
+        model = keras.Model(inputs=images, outputs={"fine_outputs": fine})
+        model.compile(optimizer=optimizer,
+                      loss={"fine_outputs": "sparse_categorical_crossentropy"},
+                      metrics={"fine_outputs": [keras.metrics.SparseCategoricalAccuracy(
+                          name="fine_outputs_accuracy")]},
+                      jit_compile="auto")
+        return model
+    coarse = layers.Dense(nb_groups, activation="softmax", name="coarse_outputs",
+                          kernel_regularizer=l2_reg(hs), dtype="float32")(x)
+    model = keras.Model(inputs=images, outputs=[fine, coarse])
     model.compile(
         optimizer=optimizer,
         loss={"fine_outputs": "sparse_categorical_crossentropy",
               "coarse_outputs": "sparse_categorical_crossentropy"},
         loss_weights={"fine_outputs": 1.0, "coarse_outputs": hs["coarse_labels_weight"]},
         metrics={"fine_outputs": ["accuracy"], "coarse_outputs": ["accuracy"]},
-        # XLA: always under JAX, on a GPU under TensorFlow. Not on TensorFlow's
-        # CPU, where it measured slower (docs/performance.md).
         jit_compile="auto")
     return model
 
@@ -241,7 +263,10 @@ def dtype_policy(name):
 # ------------------------------------------------ the training path ----
 
 def as_targets(fine, coarse):
-    """Integer labels per head (sparse: no one-hot arrays to build and copy)."""
+    """Integer labels per head (sparse: no one-hot arrays to build and copy);
+    `coarse` None for a model with one head."""
+    if coarse is None:
+        return {"fine_outputs": fine}
     return {"fine_outputs": fine, "coarse_outputs": coarse}
 
 
@@ -266,7 +291,8 @@ class ShuffledBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         size = self.batch_size
         take = np.sort(self.order[index * size:(index + 1) * size])  # sorted: reads in order
-        return self.images[take], as_targets(self.fine[take], self.coarse[take])
+        coarse = None if self.coarse is None else self.coarse[take]
+        return self.images[take], as_targets(self.fine[take], coarse)
 
     def on_epoch_end(self):
         self.order = self.rng.permutation(len(self.images))
@@ -386,9 +412,10 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
     called_at = called_at or time.time()
     config = config or utils.read_settings(utils.TrialSettings)
     train, val, test = dataset.training_data(config, notices=data_notices)
+    info = dataset.load_dataset(config, notices=False).info
     uid = uuid.uuid4().hex[:5]
     precision = resolve_precision(config.precision)
-    model = build_model(hype_space, precision)
+    model = build_model(hype_space, precision, **shape_of(info))
     first_step = FirstStepTimer()
     callbacks = [keras.callbacks.TerminateOnNaN(), first_step]
     if stop_when is not None:
@@ -419,7 +446,7 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
     seconds = time.perf_counter() - started
 
     result = make_result(history, hype_space, uid, seconds, model, len(train[0]), len(val[0]))
-    result.update(precision=precision, peak_memory_mb=peak_memory_mb())
+    result.update(info, precision=precision, peak_memory_mb=peak_memory_mb())
     if stopping is not None and result["status"] == "ok":
         result.update(stopping.result_keys())
     if first_step.ended_at is not None:
@@ -429,7 +456,8 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
         scores = model.evaluate(test[0], as_targets(test[1], test[2]),
                                 batch_size=batch_size, verbose=0, return_dict=True)
         result["test_fine_accuracy"] = float(scores["fine_outputs_accuracy"])
-        result["test_coarse_accuracy"] = float(scores["coarse_outputs_accuracy"])
+        coarse = scores.get("coarse_outputs_accuracy")
+        result["test_coarse_accuracy"] = None if coarse is None else float(coarse)
     if log_dir.is_dir():
         shutil.rmtree(log_dir.with_name(result["model_name"]), ignore_errors=True)
         log_dir.rename(log_dir.with_name(result["model_name"]))
@@ -478,12 +506,14 @@ def make_result(history, hype_space, uid, seconds, model, n_train, n_val):
         result["error"] = f"the loss became NaN or infinite by epoch {len(history['loss'])}"
         return utils.to_plain(result)
     for head in ("fine", "coarse"):
-        accuracy = history[f"val_{head}_outputs_accuracy"]
-        loss = history[f"val_{head}_outputs_loss"]
-        result.update({f"{head}_best_accuracy": max(accuracy),
-                       f"{head}_end_accuracy": accuracy[-1],
-                       f"{head}_best_loss": min(loss),
-                       f"{head}_end_loss": loss[-1]})
+        accuracy = history.get(f"val_{head}_outputs_accuracy")
+        # With one head its loss is the model's: there is no other.
+        loss = history.get(f"val_{head}_outputs_loss") or (
+            history["val_loss"] if accuracy and head == "fine" else None)
+        result.update({f"{head}_best_accuracy": max(accuracy) if accuracy else None,
+                       f"{head}_end_accuracy": accuracy[-1] if accuracy else None,
+                       f"{head}_best_loss": min(loss) if loss else None,
+                       f"{head}_end_loss": loss[-1] if loss else None})
     result["loss"] = 0.0 - max(fine_acc)  # hyperopt minimises (0.0 - x: never "-0.0")
     result["real_loss"] = min(history["val_loss"])
     return utils.to_plain(result)

@@ -7,9 +7,13 @@ project's best space), trains it again and writes:
 - TensorBoard logs to TensorBoard/<model_name>/: the scalars of every epoch
   (train/ and validation/) and the histograms of the weights;
 - the weights of the epoch with the best validation fine accuracy to
-  weights/<id>.weights.h5, and the hyperspace beside them in
-  weights/<id>.space.json, so that conv_filters_visualization.py can rebuild
-  the model from the weights alone.
+  weights/<id>.weights.h5, the hyperspace beside them in
+  weights/<id>.space.json and the data set's image size and heads in
+  weights/<id>.dataset.json, so that conv_filters_visualization.py can
+  rebuild the model from the weights alone.
+
+It trains on the data set the chosen result was trained on (--dataset and
+--image-size choose another).
 
 The retrained result is printed, not saved to the results folder: the search
 only counts its own trials. Without any result and without --original-best
@@ -20,6 +24,7 @@ the script stops and says so.
 """
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -33,7 +38,7 @@ import utils
 # The settings it reads, of utils.TrialSettings (KERAS_HOME has no flag); the others keep
 # their defaults.
 RETRAIN_OPTIONS = ["epochs", "dataset_size", "data_dir", "results_dir", "val_split", "offline",
-                   "keras_home"]
+                   "keras_home", "dataset", "test_split", "image_size", "cache_dir"]
 HISTOGRAM_FREQ = 1  # weight histograms every epoch
 
 
@@ -72,26 +77,39 @@ def read_result(path):
 
 
 def choose_hyperspace(args, config):
-    """(hyperspace, where it comes from) as the flags say."""
+    """(hyperspace, where it comes from, its result or None) as the flags say."""
     if args.result:
         result = read_result(args.result)
-        return result["space"], f"{args.result} ({result.get('model_name', 'unnamed')})"
+        return (result["space"], f"{args.result} ({result.get('model_name', 'unnamed')})",
+                result)
     best = utils.load_best_result(config.results_dir)
     if best is not None:
-        return best["space"], f"the best result in {config.results_dir}/ ({best['model_name']})"
+        return (best["space"], f"the best result in {config.results_dir}/ "
+                f"({best['model_name']})", best)
     if args.original_best:
         import hyperopt_optimize
-        return dict(hyperopt_optimize.SPACE_BEST_ORIGINAL), "the original project's best space"
+        return (dict(hyperopt_optimize.SPACE_BEST_ORIGINAL),
+                "the original project's best space", None)
     raise RetrainError(f"no successful result in {config.results_dir}/ to retrain: run "
                        "hyperopt_optimize.py first, pass --results-dir, --result FILE, "
                        "or --original-best")
 
 
-def show_model(neural_net, hype_space):
+def result_data_set(config, result, args, environ=None):
+    """The settings with the data set `result` was trained on, unless
+    --dataset (or HKS_DATASET) chose one."""
+    if result is None or not result.get("dataset") or utils.chosen(
+            utils.TrialSettings, "dataset", args, environ):
+        return config
+    return dataclasses.replace(config, dataset=result["dataset"],
+                               image_size=result.get("image_size") or config.image_size)
+
+
+def show_model(neural_net, hype_space, shape):
     """Print the model's summary before the long training; refuse a bad space."""
     import keras
     try:
-        model = neural_net.build_model(hype_space)
+        model = neural_net.build_model(hype_space, **shape)
     except (KeyError, ValueError, TypeError) as err:
         raise RetrainError(f"the hyperspace cannot build a model "
                            f"({type(err).__name__}: {err})") from None
@@ -102,8 +120,10 @@ def show_model(neural_net, hype_space):
 
 def retrain(hype_space, config):
     """Train with TensorBoard and best-weights saving; the result and its files."""
+    import dataset
     import neural_net
-    show_model(neural_net, hype_space)
+    info = dataset.load_dataset(config).info
+    show_model(neural_net, hype_space, neural_net.shape_of(info))
     _, model_name, result = neural_net.build_and_train(
         hype_space, save_best_weights=True, log_for_tensorboard=True, config=config,
         histogram_freq=HISTOGRAM_FREQ)
@@ -116,14 +136,18 @@ def retrain(hype_space, config):
     space_file = weights.with_name(f"{uid}{utils.SPACE_SUFFIX}")
     utils.atomic_write(space_file, json.dumps(utils.to_plain(hype_space), indent=4,
                                               sort_keys=True) + "\n")
+    utils.atomic_write(weights.with_name(f"{uid}{utils.DATASET_SUFFIX}"),
+                       json.dumps(info, indent=4, sort_keys=True) + "\n")
     logs = Path(utils.TENSORBOARD_DIR) / model_name
     return result, weights, space_file, logs
 
 
 def report(result, weights, space_file, logs):
-    print(f"\nRetrained {result['model_name']} for {result['epochs']} epochs "
-          f"({result['training_seconds']:.1f} s): best validation fine accuracy "
-          f"{result['fine_best_accuracy']:.4f}, coarse {result['coarse_best_accuracy']:.4f}"
+    coarse = result.get("coarse_best_accuracy")
+    print(f"\nRetrained {result['model_name']} on {utils.data_line(result)} for "
+          f"{result['epochs']} epochs ({result['training_seconds']:.1f} s): best validation "
+          f"fine accuracy {result['fine_best_accuracy']:.4f}"
+          + ("" if coarse is None else f", coarse {coarse:.4f}")
           + (f"; test fine {result['test_fine_accuracy']:.4f}"
              if "test_fine_accuracy" in result else "") + ".")
     print(f"Best weights (by validation fine accuracy): {weights}")
@@ -138,11 +162,12 @@ def main(argv=None):
     args, (config,) = utils.parse_or_exit(parser, [utils.TrialSettings], argv,
                                           only=RETRAIN_OPTIONS)
     try:
-        hype_space, source = choose_hyperspace(args, config)
+        hype_space, source, result = choose_hyperspace(args, config)
     except RetrainError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"Retraining {source} for {config.epochs} epochs. Hyperspace:")
+    config = result_data_set(config, result, args)
+    print(f"Retraining {source} on {config.dataset} for {config.epochs} epochs. Hyperspace:")
     utils.print_json(hype_space)
     import neural_net
     try:

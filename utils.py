@@ -31,10 +31,14 @@ ACCURACY_DECIMALS = 6
 FILE_MODE = 0o644  # results and results.pkl: readable by others, like any file
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 PRUNE_RULES = ("median", "none")  # --prune; the rule itself is in pruning.py
+DATASETS = ("cifar100", "cifar10", "synthetic")  # --dataset, or a folder (dataset.py)
+MIN_IMAGE_SIZE = 8  # three stages halve the image: 8 -> 4 -> 2 -> 1
+CACHE_FOLDER_NAME = "hyperopt-keras-sample"  # under ~/.cache: decoded image folders
 TENSORBOARD_DIR = "TensorBoard"  # per-epoch logs and HParams runs, in the trial's folder
 WEIGHTS_DIR = "weights"  # best weights of a retrained model: <id>.weights.h5 and <id>.space.json
 WEIGHTS_SUFFIX = ".weights.h5"
 SPACE_SUFFIX = ".space.json"
+DATASET_SUFFIX = ".dataset.json"  # beside the weights: the data set's image size and heads
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM, as a shell reports it
 
 
@@ -112,6 +116,26 @@ def prune_rule(text):
     return value
 
 
+def dataset_spec(text):
+    """One of DATASETS (any case), or a folder's path (checked when loaded:
+    a MongoDB driver names a folder that only its workers may hold)."""
+    value = str(text).strip()
+    if not value:
+        raise ValueError(f"give one of {', '.join(DATASETS)} or a folder of images")
+    return value.lower() if value.lower() in DATASETS else value
+
+
+def image_size(text):
+    return whole_number(text, MIN_IMAGE_SIZE)
+
+
+def xdg_cache(environ):
+    """--cache-dir's fallback: $XDG_CACHE_HOME/hyperopt-keras-sample."""
+    if environ.get("XDG_CACHE_HOME"):
+        return "XDG_CACHE_HOME", os.path.join(environ["XDG_CACHE_HOME"], CACHE_FOLDER_NAME)
+    return None
+
+
 def existing_dir(text):
     if not os.path.isdir(os.path.expanduser(text)):
         raise ValueError(f"folder {text!r} does not exist")
@@ -147,13 +171,18 @@ class MachineSettings:
     the driver's machine has."""
 
     data_dir: str = setting("ml_req", "--data-dir", "HKS_DATA_DIR", existing_dir,
-                            "folder holding cifar-100-python.tar.gz")
+                            "folder holding cifar-100-python.tar.gz (and cifar-10-python.tar.gz)")
     results_dir: str = setting(RESULTS_DIR, "--results-dir", "HKS_RESULTS_DIR", str,
                                "folder where every trial's result JSON is written")
     offline: bool = setting(False, "--offline", "HKS_OFFLINE", flag_value,
                             "never try to download CIFAR-100")
     keras_home: str = setting(os.path.join(os.path.expanduser("~"), ".keras"), None,
                               "KERAS_HOME", str, "Keras' folder, whose datasets/ is searched")
+    cache_dir: str = setting(
+        os.path.join(os.path.expanduser("~"), ".cache", CACHE_FOLDER_NAME), "--cache-dir",
+        "HKS_CACHE_DIR", str, "where folders of images are kept decoded (one .npz per "
+        "folder and image size; never inside the image folder; default "
+        "$XDG_CACHE_HOME/hyperopt-keras-sample if set)", fallback=xdg_cache)
 
 
 @dataclasses.dataclass
@@ -161,6 +190,23 @@ class TrialSettings(MachineSettings):
     """What one trial reads (the objective, neural_net, dataset). The MongoDB
     driver sends these to its workers, who put in their own MachineSettings."""
 
+    dataset: str = setting(
+        "cifar100", "--dataset", "HKS_DATASET", dataset_spec,
+        "the images to search on: cifar100 (two heads, 100 fine and 20 coarse labels), "
+        "cifar10 (one head of 10 classes), synthetic (a small made-up set for a first "
+        "run without a download; its accuracies mean nothing) or a folder: "
+        "DIR/<class>/<image> (one head) or DIR/<group>/<class>/<image> (fine and "
+        "coarse heads), optionally split into DIR/train/ and DIR/test/. With one head "
+        "coarse_labels_weight is still drawn but not used, so the space and a warm start "
+        "from CIFAR-100 results stay the same (README: Your own images)")
+    test_split: float = setting(
+        0.2, "--test-split", "HKS_TEST_SPLIT", fraction,
+        "for a folder without train/ and test/: the fraction of each class held out "
+        "for testing (stratified, the same draw in every trial)")
+    image_size: int = setting(
+        32, "--image-size", "HKS_IMAGE_SIZE", image_size,
+        f"images are resized to N x N pixels (at least {MIN_IMAGE_SIZE}; 32 is CIFAR's "
+        "and what the architecture was designed for)")
     epochs: int = setting(100, "--epochs", "HKS_EPOCHS", positive_int,
                           "training epochs per trial")
     dataset_size: int | None = setting(
@@ -262,7 +308,8 @@ def add_options(parser, *kinds, only=None):
                                     const=not default,  # --tensorboard on, --no-plots off
                                     default=None, help=help_text)
             else:
-                metavar = "N" if option.parse in (positive_int, non_negative_int) else None
+                metavar = ("N" if option.parse in (positive_int, non_negative_int, image_size)
+                           else None)
                 parser.add_argument(option.flag, dest=name, default=None, metavar=metavar,
                                     help=help_text)
 
@@ -295,6 +342,14 @@ def read_settings(kind, args=None, environ=None, only=None):
         except ValueError as err:
             raise UsageError(f"{source}: {err}") from None
     return kind(**values)
+
+
+def chosen(kind, name, args=None, environ=None):
+    """Whether the user set setting `name` (its flag or its variable), rather
+    than leaving its default."""
+    environ = os.environ if environ is None else environ
+    option = options_of(kind)[name]
+    return getattr(args, name, None) is not None or environ.get(option.env, "") != ""
 
 
 def code_testing(environ):
@@ -545,23 +600,33 @@ def best_trial(trials):
 
 def progress_line(result, number, seconds, of="", where="", best=None):
     """The one line printed for a finished trial, by the search, the MongoDB
-    driver and the workers alike: `Trial <number><of>: <accuracies or
-    FAILED>, <seconds><where>`, then the best so far when `best` (a
+    driver and the workers alike: `Trial <number><of> (<data set>): <accuracies
+    or FAILED>, <seconds><where>`, then the best so far when `best` (a
     best_trial pair, or False for none yet) is given."""
+    data = f" ({data_line(result)})" if result.get("dataset") else ""
     if result.get("status") == "ok":
         pruned = (f", pruned at epoch {result.get('pruned_at_epoch')} (below the median "
                   f"{result.get('pruned_below_median', float('nan')):.4f})"
                   if result.get("pruned") else "")
-        head = (f"Trial {number}{of}: fine {result['fine_best_accuracy']:.4f}, "
-                f"coarse {result['coarse_best_accuracy']:.4f}{pruned}, {seconds:.1f} s{where}")
+        coarse = result.get("coarse_best_accuracy")
+        coarse = "" if coarse is None else f", coarse {coarse:.4f}"
+        head = (f"Trial {number}{of}{data}: fine {result['fine_best_accuracy']:.4f}"
+                f"{coarse}{pruned}, {seconds:.1f} s{where}")
     else:
         error = str(result.get("error", "unknown error")).splitlines()[0][:200]
-        head = f"Trial {number}{of}: FAILED after {seconds:.1f} s{where} ({error})"
+        head = f"Trial {number}{of}{data}: FAILED after {seconds:.1f} s{where} ({error})"
     if best is None:
         return head
     tail = (f"best so far: fine {best[1]['fine_best_accuracy']:.4f} (trial {best[0] + 1}, "
             f"{best[1]['model_name']})" if best else "no successful trial yet")
     return f"{head} | {tail}"
+
+
+def data_line(result):
+    """`cifar10, 10 classes, 32 px`: the data set a result was trained on."""
+    name = os.path.basename(str(result["dataset"]).rstrip("/")) or result["dataset"]
+    groups = f" in {result['nb_groups']} groups" if result.get("nb_groups") else ""
+    return f"{name}, {result.get('nb_classes')} classes{groups}, {result.get('image_size')} px"
 
 
 # Validation fine accuracy per epoch: Keras 3 name (this project), Keras 2 (the original's).

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT, TINY_HYPE_SPACE
+from image_sets import write_folder
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("jax") is None,
@@ -32,11 +33,20 @@ pruned = utils.TrialSettings(epochs=2, data_dir={data!r}, offline=True, dataset_
 _, _, result = neural_net.build_and_train(space, config=pruned, earlier=[[1.0, 1.0]])
 print("PRUNED", json.dumps({{"pruned": result["pruned"], "at": result["pruned_at_epoch"],
                             "epochs": result["epochs"]}}))
+# One head, 40 px images: a folder of the user's own images
+keras.backend.clear_session()
+folder = utils.TrialSettings(epochs=1, dataset={folder!r}, image_size=40, cache_dir={cache!r})
+_, _, result = neural_net.build_and_train(space, config=folder)
+print("FOLDER", json.dumps({{"status": result["status"], "classes": result["class_names"],
+                            "coarse": result["coarse_best_accuracy"],
+                            "size": result["image_size"]}}))
 """
 
 
-def test_build_and_train_under_jax(cifar_dir, clean_env):
-    code = TRAIN_ONE.format(root=str(ROOT), space=json.dumps(TINY_HYPE_SPACE), data=str(cifar_dir))
+def test_build_and_train_under_jax(cifar_dir, clean_env, tmp_path):
+    write_folder(tmp_path / "images", ["a", "b"], per_class=6)
+    code = TRAIN_ONE.format(root=str(ROOT), space=json.dumps(TINY_HYPE_SPACE), data=str(cifar_dir),
+                            folder=str(tmp_path / "images"), cache=str(tmp_path / "cache"))
     done = subprocess.run([sys.executable, "-c", code], env=dict(clean_env, KERAS_BACKEND="jax"),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -49,3 +59,6 @@ def test_build_and_train_under_jax(cifar_dir, clean_env):
     pruned = [json.loads(line[len("PRUNED "):]) for line in done.stdout.splitlines()
               if line.startswith("PRUNED ")]
     assert pruned == [{"pruned": True, "at": 1, "epochs": 1}]
+    folder = [json.loads(line[len("FOLDER "):]) for line in done.stdout.splitlines()
+              if line.startswith("FOLDER ")]
+    assert folder == [{"status": "ok", "classes": ["a", "b"], "coarse": None, "size": 40}]

@@ -466,3 +466,58 @@ def test_a_slow_worker_cannot_write_over_its_requeued_trial(mongo_url):
     stored = jobs.jobs.find_one({"tid": 0})
     assert stored["state"] == JOB_STATE_NEW and stored["result"] == {"status": "new"}
     assert stored["requeue_count"] == 1 and stored["owner"] is None
+
+
+@pytest.mark.slow
+def test_workers_train_a_folder_data_set_and_refuse_another(tmp_path, mongo_url, mongo_db, env,
+                                                            cifar_dir):
+    """The driver names a folder; a worker holding its copy elsewhere trains
+    on it (--dataset, its own path); a worker of another data set refuses its
+    trial with the reason in the trial, and stops."""
+    import shutil
+    from image_sets import write_folder
+    write_folder(tmp_path / "driver_side" / "shapes", ["round/ball", "round/coin", "flat/card"],
+                 per_class=6)
+    shutil.copytree(tmp_path / "driver_side" / "shapes", tmp_path / "worker_side" / "shapes")
+    log = tmp_path / "driver.log"
+    driver = start_driver("train", mongo_url, env, log, "--max-evals", "2", "--queue-len", "1",
+                          "--dataset", str(tmp_path / "driver_side" / "shapes"))
+    wrong = start_worker(mongo_url, env, tmp_path / "w1", cifar_dir, "--dataset", "synthetic")
+    right = None
+    try:
+        assert wrong.wait(timeout=120) == 1
+        right = start_worker(mongo_url, env, tmp_path / "w2", cifar_dir,
+                             "--dataset", str(tmp_path / "worker_side" / "shapes"))
+        output = finish(driver, log, timeout=400)
+    finally:
+        stop([p for p in (driver, wrong, right) if p is not None])
+    assert driver.returncode == 0, output
+    assert "trials finished, 0 running, 0 queued, 1 given up." in output
+    wrong_log = (tmp_path / "w1" / "worker.log").read_text()
+    assert "trains on synthetic (its --dataset) but the trial is of shapes" in wrong_log
+    assert "This worker stops" in wrong_log and "Traceback" not in wrong_log
+    [refused] = jobs_of(mongo_db, JOB_STATE_ERROR)
+    assert "trains on synthetic" in refused["error"][1]
+    done = jobs_of(mongo_db, JOB_STATE_DONE)
+    assert len(done) == 1 and done[0]["result"]["status"] == "ok", output  # --max-evals counts both
+    for job in done:
+        result = job["result"]
+        assert result["dataset"] == str(tmp_path / "worker_side" / "shapes")
+        assert result["class_names"] == ["card", "ball", "coin"]  # grouped: flat, then round
+        assert result["group_names"] == ["flat", "round"] and result["nb_groups"] == 2
+    assert "(shapes, 3 classes in 2 groups, 32 px)" in output
+
+
+def test_a_driver_refuses_an_experiment_of_another_data_set(tmp_path, mongo_db):
+    import mongo_search
+    import utils
+    from image_sets import write_folder
+    write_folder(tmp_path / "flowers", ["rose", "tulip"], per_class=1)
+    folder = utils.SearchSettings(dataset=str(tmp_path / "flowers"))
+    mongo_search.check_data_set(mongo_db, "exp", folder)
+    mongo_search.check_data_set(mongo_db, "exp", folder)  # the same again: goes on
+    assert mongo_db.hks_data_sets.find_one({"_id": "exp"})["identity"] == ["flowers", 32, 2, None]
+    with pytest.raises(mongo_search.DataSetMismatch, match="experiment 'exp' holds trials run "
+                       r"on flowers \(2 classes, 32 px\), not on cifar10 \(10 classes, 32 px\)"):
+        mongo_search.check_data_set(mongo_db, "exp", utils.SearchSettings(dataset="cifar10"))
+    mongo_search.check_data_set(mongo_db, "other", utils.SearchSettings(dataset="cifar10"))

@@ -157,8 +157,9 @@ def test_original_best_is_the_fallback_without_results(tmp_path):
         ["--original-best", "--results-dir", str(tmp_path)])
     config = utils.read_settings(utils.TrialSettings, args, environ={},
                                  only=retrain_script.RETRAIN_OPTIONS)
-    space, source = retrain_script.choose_hyperspace(args, config)
+    space, source, result = retrain_script.choose_hyperspace(args, config)
     assert space == hyperopt_optimize.SPACE_BEST_ORIGINAL and "original" in source
+    assert result is None
     write_result(tmp_path, 0.3, "ccccc", TINY_HYPE_SPACE)
     assert retrain_script.choose_hyperspace(args, config)[0] == TINY_HYPE_SPACE
 
@@ -166,7 +167,7 @@ def test_original_best_is_the_fallback_without_results(tmp_path):
 def test_a_space_that_builds_no_model_is_refused(tmp_path, capsys):
     import neural_net
     with pytest.raises(retrain_script.RetrainError, match="cannot build a model"):
-        retrain_script.show_model(neural_net, dict(TINY_HYPE_SPACE, pooling_type="median"))
+        retrain_script.show_model(neural_net, dict(TINY_HYPE_SPACE, pooling_type="median"), {})
     (tmp_path / "odd.weights.h5").write_bytes(b"")
     (tmp_path / "odd.space.json").write_text(json.dumps({"use_BN": True}))
     import conv_filters_visualization

@@ -152,8 +152,11 @@ def test_help_documents_every_flag_and_variable(clean_env, tmp_path):
     assert done.returncode == 0
     for text in ["--epochs", "HKS_EPOCHS", "--max-evals", "HKS_MAX_EVALS", "--dataset-size",
                  "DATASET_SIZE", "CODE_TESTING", "--data-dir", "HKS_DATA_DIR",
-                 "--trials-file", "--results-dir", "--val-split", "--tensorboard"]:
+                 "--trials-file", "--results-dir", "--val-split", "--tensorboard",
+                 "--dataset", "HKS_DATASET", "--test-split", "HKS_TEST_SPLIT", "--image-size",
+                 "HKS_IMAGE_SIZE", "--cache-dir", "HKS_CACHE_DIR"]:
         assert text in done.stdout
+    assert "coarse_labels_weight is still drawn but not used" in " ".join(done.stdout.split())
 
 
 @pytest.mark.parametrize("args, env_extra, expected", [
@@ -338,6 +341,6 @@ def test_trial_processes_print_no_tensorflow_startup_noise_and_one_data_notice(
 
 
 def test_flags_are_never_abbreviated(clean_env, tmp_path):
-    done = run(["--dataset", "100"], clean_env, tmp_path, script=SCRIPT, timeout=120)
+    done = run(["--epoch", "1"], clean_env, tmp_path, script=SCRIPT, timeout=120)
     assert done.returncode == 2
-    assert "unrecognized arguments: --dataset 100" in done.stderr
+    assert "unrecognized arguments: --epoch 1" in done.stderr

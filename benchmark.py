@@ -14,8 +14,12 @@ In one run, on a synthetic data set in the real CIFAR-100 format
 3. trial overhead: seconds from the objective being called to the end of the
    first training step, with the data already in memory, from the decoded
    copy on disk, from the tar.gz archive, and in a trial process;
+   The same throughput with one head (CIFAR-10 or a folder of class
+   folders) against two, for what the second head costs;
 4. how long TPE takes to suggest a trial with 10, 100 and 1000 finished ones;
-5. memory over consecutive small trials: the search process must stay flat.
+5. memory over consecutive small trials: the search process must stay flat;
+6. a folder of photo-sized image files (--dataset DIR): the time to decode
+   and cache it, and to load it again from the cache.
 
     python3 benchmark.py --quick              # a few minutes on a 2-core CPU
     python3 benchmark.py --out bench.json     # larger; JSON to compare commits
@@ -49,15 +53,19 @@ import utils
 import keras  # noqa: E402  (after neural_net)
 from keras import layers, ops  # noqa: E402
 
-SECTIONS = ("throughput", "overhead", "tpe", "memory")
+SECTIONS = ("throughput", "overhead", "tpe", "memory", "folder")
 MODELS = ("best", "demo", "small")  # small: to check the benchmark itself in seconds
 # --quick: a few minutes on a 2-core CPU; the default: steadier numbers.
 PRESETS = {
     "quick": {"models": ["best"], "steps": 1, "repeats": 3, "batch_sizes": [64],
-              "archive_images": 5000, "tpe_trials": [10, 100, 1000], "memory_trials": 10},
+              "archive_images": 5000, "tpe_trials": [10, 100, 1000], "memory_trials": 10,
+              "folder_images": 1000},
     "default": {"models": ["best", "demo"], "steps": 2, "repeats": 5, "batch_sizes": None,
-                "archive_images": 50000, "tpe_trials": [10, 100, 1000], "memory_trials": 10},
+                "archive_images": 50000, "tpe_trials": [10, 100, 1000], "memory_trials": 10,
+                "folder_images": 3000},
 }
+FOLDER_CLASSES = 10
+FOLDER_SIDES = (160, 480)  # pixels a side of the folder's images, drawn in this range
 TEST_FRACTION = 0.2  # the archive holds this many test images per training image
 # A small model for the overhead and memory sections: there the cost around
 # training is measured, not the training.
@@ -106,6 +114,9 @@ def parse_args(argv=None):
                         help="finished trials in the store when TPE is timed (10,100,1000)")
     parser.add_argument("--memory-trials", type=positive,
                         help="consecutive small trials watched for memory growth (10)")
+    parser.add_argument("--folder-images", type=positive,
+                        help="image files in the folder decoded by the folder section "
+                             "(3000; --quick: 1000)")
     args = parser.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "default"]
     for name, value in preset.items():
@@ -219,7 +230,7 @@ class MapFnFlip(layers.Layer):
 class Variant:
     """One model timed in the throughput section."""
     model: str       # best, demo
-    kind: str        # project, reference, map_fn
+    kind: str        # project, one_head, reference, map_fn
     precision: str   # the dtype policy it computes in
     batch_size: int
     fit: object = None
@@ -250,6 +261,7 @@ def throughput_variants(args):
             if "float32" not in precisions:
                 variants.append(Variant(model, "project", "float32", batch_size))
             variants.append(Variant(model, "reference", "float32", batch_size))
+            variants.append(Variant(model, "one_head", "float32", batch_size))
     first = variants[0]
     variants.append(Variant(first.model, "map_fn", "float32", first.batch_size))
     return variants
@@ -261,11 +273,13 @@ def prepare(variant, data, steps):
     hs = dict(spaces()[variant.model], batch_size=variant.batch_size)
     n = variant.batch_size * steps
     x, fine, coarse = (a[:n] for a in data)
-    if variant.kind == "project":
-        model = neural_net.build_model(hs, precision=variant.precision)
+    if variant.kind in ("project", "one_head"):
+        one = variant.kind == "one_head"  # 100 classes, no coarse head
+        model = neural_net.build_model(hs, precision=variant.precision,
+                                       nb_groups=None if one else dataset.NB_CLASSES_COARSE)
         variant.fit = lambda k=n, callbacks=(): neural_net.fit_model(
-            model, (x[:k], fine[:k], coarse[:k]), None, variant.batch_size, epochs=1,
-            callbacks=callbacks)
+            model, (x[:k], fine[:k], None if one else coarse[:k]), None, variant.batch_size,
+            epochs=1, callbacks=callbacks)
     else:
         model = reference_model(hs, flip="layer" if variant.kind == "reference" else "map_fn")
         project_params = neural_net.build_model(hs).count_params()
@@ -340,6 +354,9 @@ def throughput_report(variants, steps):
         if v.precision != "float32" and fp32:
             ratios[f"{v.model}_b{v.batch_size}_{short(v.precision)}_vs_fp32_ratio"] = \
                 paired_ratio(v, fp32)
+        one = find(v.model, "one_head", v.batch_size)
+        if v.precision == "float32" and one:
+            ratios[f"{v.model}_b{v.batch_size}_one_head_vs_two_heads_ratio"] = paired_ratio(one, v)
     map_fn = next(v for v in variants if v.kind == "map_fn")
     ratios["vectorised_flip_vs_map_fn_ratio"] = paired_ratio(
         find(map_fn.model, "reference", map_fn.batch_size), map_fn)
@@ -437,6 +454,44 @@ def run_trial_processes(data_dir, work, n_trials):
     return overhead, memory
 
 
+# ----------------------------------------------------------------- folder ----
+
+def write_image_folder(root, n_images, seed=0):
+    """`n_images` files of FOLDER_SIDES pixels a side in FOLDER_CLASSES class
+    folders, three JPEG for one PNG, smooth like photos (noise would not
+    compress like one)."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for i in range(n_images):
+        height, width = (int(v) for v in rng.integers(*FOLDER_SIDES, size=2, endpoint=True))
+        colours = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+        image = Image.fromarray(colours).resize((width, height), Image.Resampling.BICUBIC)
+        folder = root / f"class_{i % FOLDER_CLASSES}"
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{i:05d}.{'png' if i % 4 == 0 else 'jpg'}")
+
+
+def run_folder(n_images, work):
+    """Seconds to decode a folder of images and cache it (the first trial of
+    a search on it), and to load it from that cache (every later one)."""
+    root = work / "images"
+    print(f"  writing {n_images} image files ...", flush=True)
+    write_image_folder(root, n_images)
+    config = utils.TrialSettings(dataset=str(root), cache_dir=str(work / "cache"))
+    seconds = {}
+    for key in ("decode_and_cache", "from_cache"):
+        dataset.unload()
+        started = time.perf_counter()
+        dataset.load_dataset(config, notices=False)
+        seconds[key] = time.perf_counter() - started
+    dataset.unload()
+    megabytes = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 2**20
+    cache_mb = sum(p.stat().st_size for p in (work / "cache").iterdir()) / 2**20
+    return {"images": n_images, "sides_px": list(FOLDER_SIDES), "files_mb": megabytes,
+            "cache_mb": cache_mb, "seconds": seconds,
+            "decoded_images_per_second": n_images / seconds["decode_and_cache"]}
+
+
 # ------------------------------------------------------------------ report ----
 
 def machine():
@@ -494,6 +549,13 @@ def print_report(report):
               f"the first trial {mem['search_process_growth_mb']:+.1f} MiB "
               f"({mem['search_process_growth_mb_per_trial']:+.2f} MiB/trial); trial processes "
               f"peaked at {max(p or 0 for p in mem['trial_process_peak_mb']):.0f} MiB")
+    if "folder" in report:
+        f = report["folder"]
+        print(f"\nA folder of {f['images']} images ({f['sides_px'][0]}-{f['sides_px'][1]} px a "
+              f"side, {f['files_mb']:.0f} MB): decoded and cached at 32 px in "
+              f"{f['seconds']['decode_and_cache']:.1f} s ({f['decoded_images_per_second']:.0f} "
+              f"images/s), loaded from the cache ({f['cache_mb']:.1f} MB) in "
+              f"{f['seconds']['from_cache']:.2f} s")
 
 
 def main(argv=None):
@@ -542,6 +604,9 @@ def main(argv=None):
                 report["overhead_seconds"].update(overhead)
             if "memory" in args.only:
                 report["memory"] = memory
+        if "folder" in args.only:
+            print("A folder of images:", flush=True)
+            report["folder"] = run_folder(args.folder_images, work)
     report["benchmark_seconds"] = time.perf_counter() - started
     print_report(report)
     print(f"\nBenchmark took {report['benchmark_seconds']:.0f} s.")

@@ -61,13 +61,16 @@ def machine_settings(config):
 
 
 def own_data_set(config, machine):
-    """This worker's --dataset (a folder made absolute), loaded once to refuse
-    to start without it; None: each trial loads the data set its driver names."""
+    """This worker's --dataset (a folder made absolute), checked once so that
+    the worker refuses to start without it; None: each trial loads the data
+    set its driver names."""
     if config.dataset is None:
         return None
     own = config.dataset
     if dataset.is_folder(own):
         own = str(Path(os.path.expanduser(own)).resolve())
+        dataset.scan_folder(Path(own))  # its layout; the trials decode it at their size
+        return own
     settings = dataclasses.replace(utils.TrialSettings(**dataclasses.asdict(machine)),
                                    dataset=own)
     dataset.load_dataset(settings)

@@ -11,7 +11,8 @@ from conftest import ROOT
 
 # --quick, shrunk further to a small model and few trials to keep the suite short.
 QUICK_AND_SMALL = ["--quick", "--models", "small", "--steps", "1", "--repeats", "2",
-                   "--archive-images", "600", "--tpe-trials", "10,20", "--memory-trials", "3"]
+                   "--archive-images", "600", "--tpe-trials", "10,20", "--memory-trials", "3",
+                   "--folder-images", "40"]
 
 
 @pytest.mark.slow
@@ -26,7 +27,7 @@ def test_quick_benchmark_writes_well_formed_json(tmp_path, clean_env):
     assert {"cpu", "cpu_cores", "backend", "keras", "device"} <= set(report["machine"])
     rows = report["throughput"]
     assert {(r["model"], r["variant"]) for r in rows} == {
-        ("small", "project"), ("small", "reference"), ("small", "map_fn")}
+        ("small", "project"), ("small", "reference"), ("small", "map_fn"), ("small", "one_head")}
     for row in rows:
         assert row["runs"] == 2 and row["batch_size"] == 64
         assert 0 < row["min"] <= row["images_per_second"] <= row["max"]
@@ -43,7 +44,12 @@ def test_quick_benchmark_writes_well_formed_json(tmp_path, clean_env):
     memory = report["memory"]
     assert len(memory["search_process_mb_after_each_trial"]) == 3
     assert all(peak > 0 for peak in memory["trial_process_peak_mb"])
+    assert report["small_b64_one_head_vs_two_heads_ratio"] > 0
+    folder = report["folder"]
+    assert folder["images"] == 40 and folder["cache_mb"] > 0
+    assert set(folder["seconds"]) == {"decode_and_cache", "from_cache"}
     assert "small_vs_reference_ratio" in run.stdout  # the printed table
+    assert "A folder of 40 images" in run.stdout
 
 
 def test_bad_flags_get_one_line(tmp_path, clean_env):

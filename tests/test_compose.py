@@ -384,9 +384,9 @@ def test_the_programs_read_every_variable_compose_gives_them(services):
 
 def test_compose_defaults_are_the_programs_defaults(compose, services):
     defaults = compose_defaults(compose)
-    by_var = option_env_vars(DRIVER_SETTINGS + WORKER_SETTINGS)
     checked = 0
-    for service in APPS:
+    for service in APPS:  # HKS_DATASET: the driver's data set, a worker's own
+        by_var = option_env_vars(DRIVER_SETTINGS if service == DRIVER else WORKER_SETTINGS)
         for key, value in environment(services[service]).items():
             match = INTERPOLATION.fullmatch(str(value))
             if not match or match.group(0) == "$$":

@@ -199,7 +199,8 @@ def test_unreadable_results_pkl_is_refused_and_left_alone(clean_env, tmp_path, c
 def test_two_runs_resume_the_search(clean_env, tmp_path, cifar_dir):
     first = run(search_args(cifar_dir, "--max-evals", "1", "--seed", "1"), clean_env, tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "Trial 1/1: fine" in first.stdout and "best so far" in first.stdout
+    assert "Trial 1/1 (cifar100, 100 classes in 20 groups, 32 px): fine" in first.stdout
+    assert "best so far" in first.stdout
     trials = load(tmp_path / "results.pkl")
     assert len(trials.trials) == 1
     first_trial = trials.trials[0]

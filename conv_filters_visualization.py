@@ -15,8 +15,9 @@ activation are drawn in a grid, strongest first, one PNG per layer in layers/
 The model is rebuilt with neural_net.build_model from the hyperspace saved
 next to the weights (weights/<id>.space.json) or from a result file
 (--result), for the image size and heads of its data set
-(weights/<id>.dataset.json, or the result; CIFAR-100's when neither says). Works under both Keras backends: the gradient comes from
-tf.GradientTape with TensorFlow and from jax.grad with JAX.
+(weights/<id>.dataset.json, or the result; CIFAR-100's when neither says).
+Works under both Keras backends: the gradient comes from tf.GradientTape
+with TensorFlow and from jax.grad with JAX.
 
     python conv_filters_visualization.py --weights weights/<id>.weights.h5
 """

@@ -440,13 +440,15 @@ def worker_objective(objective, settings, expr, memo, ctrl):
     """What a worker runs for one trial (hyperopt calls it with the space's
     expression, its memo of drawn values and the trial's control): the
     hyperspace drawn, trained by `objective` with the driver's `settings` but
-    this worker's own folders, which hyperopt_mongo_worker.py hands over as
-    `machine` (and its own --dataset as `dataset`) on the job handle that hyperopt gives back here, with `curves`
-    (a pruning.MongoCurves) for --prune and `in_trial`, which tells the
-    worker's heartbeat which trial is training (and gets `last_result_file`). Under hyperopt's own
+    this worker's own folders. hyperopt_mongo_worker.py hands those over on
+    the job handle that hyperopt gives back here: `machine` (its folders),
+    `dataset` (its own --dataset, or None), `curves` (a pruning.MongoCurves,
+    for --prune) and `in_trial`, which tells the worker's heartbeat which
+    trial is training (and gets `last_result_file`). Under hyperopt's own
     hyperopt-mongo-worker there are none: the driver's folders stay and
     trials are not pruned. Raises TrialTakenAway when the heartbeat found
-    the trial requeued meanwhile (trial_process.abandon): nothing was written."""
+    the trial requeued meanwhile (trial_process.abandon): nothing was
+    written; DatasetError when the worker's --dataset is another one."""
     from hyperopt import pyll
     hype_space = pyll.rec_eval(expr, memo=memo)
     machine = getattr(ctrl.trials.handle, "machine", None)

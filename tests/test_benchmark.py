@@ -11,7 +11,7 @@ from conftest import ROOT
 
 # --quick, shrunk further to a small model and few trials to keep the suite short.
 QUICK_AND_SMALL = ["--quick", "--models", "small", "--steps", "1", "--repeats", "2",
-                   "--archive-images", "600", "--tpe-trials", "10,20", "--memory-trials", "3",
+                   "--archive-images", "600", "--tpe-trials", "10,20", "--memory-trials", "2",
                    "--folder-images", "40"]
 
 
@@ -42,7 +42,7 @@ def test_quick_benchmark_writes_well_formed_json(tmp_path, clean_env):
     assert set(report["tpe_suggest_seconds"]) == {"10", "20"}
 
     memory = report["memory"]
-    assert len(memory["search_process_mb_after_each_trial"]) == 3
+    assert len(memory["search_process_mb_after_each_trial"]) == 2
     assert all(peak > 0 for peak in memory["trial_process_peak_mb"])
     assert report["small_b64_one_head_vs_two_heads_ratio"] > 0
     folder = report["folder"]

@@ -429,24 +429,26 @@ def test_resuming_trials_of_another_data_set_is_refused(tmp_path):
         hyperopt_optimize.check_data_set(old, cifar10, path)
 
 
-@pytest.mark.slow
-def test_a_search_on_a_folder_resumes_and_refuses_another_data_set(tmp_path, clean_env):
-    """The whole loop on a folder of images (one head), then the same trials
-    file with --dataset synthetic: refused in one line, nothing changed."""
-    import subprocess
-    import sys
-    from conftest import SUPPORT
+def test_a_search_on_a_folder_resumes_and_refuses_another_data_set(tmp_path, monkeypatch,
+                                                                    capsys):
+    """The whole loop on a folder of images (one head; the search's main()
+    in this process, over the tiny space), then the same trials file with
+    --dataset synthetic: refused in one line, nothing changed; then resumed."""
+    import hyperopt_optimize
+    import tiny_search
+    for name in [n for n in os.environ if n.startswith("HKS_")] + ["CODE_TESTING", "DATASET_SIZE"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(hyperopt_optimize, "space", tiny_search.TINY_SPACE)
+    monkeypatch.chdir(tmp_path)
     root = folder_with(tmp_path, ["a", "b", "c"], per_class=8, name="my_images")
-    env = dict(clean_env, XDG_CACHE_HOME=str(tmp_path / "xdg"))
 
     def search(*flags):
-        return subprocess.run(
-            [sys.executable, str(SUPPORT / "tiny_search.py"), "--epochs", "1", "--no-plots",
-             "--in-process", *flags], env=env, cwd=tmp_path, capture_output=True, text=True,
-            timeout=600)
-    done = search("--dataset", "my_images", "--max-evals", "1")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Trial 1/1 (my_images, 3 classes, 32 px): fine " in done.stdout
+        code = hyperopt_optimize.main(["--epochs", "1", "--no-plots", "--in-process", *flags])
+        return code, capsys.readouterr()
+    code, said = search("--dataset", "my_images", "--max-evals", "1")
+    assert code == 0, said.err[-3000:]
+    assert "Trial 1/1 (my_images, 3 classes, 32 px): fine " in said.out
     [saved] = (tmp_path / "results").glob("model_*.txt.json")
     result = json.loads(saved.read_text())
     assert result["dataset"] == str(root) and result["class_names"] == ["a", "b", "c"]
@@ -454,16 +456,16 @@ def test_a_search_on_a_folder_resumes_and_refuses_another_data_set(tmp_path, cle
     assert list((tmp_path / "xdg" / "hyperopt-keras-sample").glob("my_images-*-32px.npz"))
     pickled = (tmp_path / "results.pkl").read_bytes()
 
-    refused = search("--dataset", "synthetic", "--max-evals", "2")
-    assert refused.returncode == 1 and refused.stdout.count("Trial ") == 0
-    assert refused.stderr.strip().splitlines()[-1].startswith(
+    code, said = search("--dataset", "synthetic", "--max-evals", "2")
+    assert code == 1 and "Trial " not in said.out
+    assert said.err.strip().splitlines()[-1].startswith(
         "error: results.pkl holds trials run on my_images (3 classes, 32 px), not on "
         "synthetic (10 classes in 5 groups, 32 px)")
     assert (tmp_path / "results.pkl").read_bytes() == pickled
 
-    again = search("--dataset", str(root), "--max-evals", "2")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "Resuming the search: 1 trials" in again.stdout and "Trial 2/2 (my_images" in again.stdout
+    code, said = search("--dataset", str(root), "--max-evals", "2")
+    assert code == 0, said.err[-3000:]
+    assert "Resuming the search: 1 trials" in said.out and "Trial 2/2 (my_images" in said.out
 
 
 # ------------------------------------- the tools on one-headed results ----

@@ -136,6 +136,11 @@ def dataset_name(name):
     return Path(os.path.expanduser(name)).resolve().name if is_folder(name) else name
 
 
+def recorded_name(name):
+    """What a result records as its `dataset`: the name, or the folder's absolute path."""
+    return str(Path(os.path.expanduser(name)).resolve()) if is_folder(name) else name
+
+
 def load_dataset(config, notices=True):
     """The data set that `config.dataset` names (default cifar100), as
     Loaded(train, test, info), decoded once per process. `notices=False`
@@ -187,7 +192,7 @@ def data_info(name, image_size, class_names, group_names=None):
     """What every result records about its data set: `dataset` (the name, or
     the folder's path), `image_size`, `nb_classes`, `nb_groups` (None with
     one label level) and the names."""
-    return {"dataset": str(Path(os.path.expanduser(name)).resolve()) if is_folder(name) else name,
+    return {"dataset": recorded_name(name),
             "image_size": int(image_size), "nb_classes": len(class_names),
             "nb_groups": None if group_names is None else len(group_names),
             "class_names": list(class_names),
@@ -220,6 +225,17 @@ def expected_identity(config):
     layout = scan_folder(root)
     return (root.name, size, len(layout.class_names),
             None if layout.group_names is None else len(layout.group_names))
+
+
+def identity_keys(config):
+    """The data set keys of a result (data_info's, without the names) for a
+    trial that failed before it loaded its data; {} if the folder is gone."""
+    try:
+        _, size, classes, groups = expected_identity(config)
+    except DatasetError:
+        return {}
+    return {"dataset": recorded_name(config.dataset), "image_size": size,
+            "nb_classes": classes, "nb_groups": groups}
 
 
 def model_shape(config):

@@ -66,9 +66,8 @@ def own_data_set(config, machine):
     set its driver names."""
     if config.dataset is None:
         return None
-    own = config.dataset
+    own = dataset.recorded_name(config.dataset)
     if dataset.is_folder(own):
-        own = str(Path(os.path.expanduser(own)).resolve())
         dataset.scan_folder(Path(own))  # its layout; the trials decode it at their size
         return own
     settings = dataclasses.replace(utils.TrialSettings(**dataclasses.asdict(machine)),

@@ -125,6 +125,8 @@ def optimize_cnn(hype_space, config, earlier=None):
         result = trial_process.train_in_child(hype_space, config, called_at, earlier=earlier)
     if trial_process.abandoned.is_set():  # another MongoDB worker has this trial now
         return result
+    if "dataset" not in result:  # a trial that failed before it had its data
+        result.update(dataset.identity_keys(config))
     try:
         utils.save_json_result(result, config.results_dir)
     except OSError as err:
@@ -435,10 +437,7 @@ def main(argv=None):
 def with_absolute_folder(config):
     """--dataset DIR as an absolute path: trial processes and MongoDB workers
     run in other folders."""
-    if not dataset.is_folder(config.dataset):
-        return config
-    return dataclasses.replace(
-        config, dataset=str(Path(os.path.expanduser(config.dataset)).resolve()))
+    return dataclasses.replace(config, dataset=dataset.recorded_name(config.dataset))
 
 
 def prepare_trials(config):

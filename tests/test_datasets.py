@@ -519,3 +519,19 @@ def test_analysis_reads_one_headed_results_and_warns_of_mixed_data_sets(tmp_path
     assert frame["coarse_best_accuracy"].isna().sum() == 2
     assert set(frame["dataset"]) == {"cifar10, 10 classes, 32 px",
                                      "cifar100, 100 classes in 20 groups, 32 px"}
+
+
+def test_a_trial_that_failed_before_its_data_still_says_its_data_set(tmp_path, monkeypatch):
+    import hyperopt_optimize
+    import trial_process
+    root = folder_with(tmp_path, ["g/a", "h/b"], per_class=2)
+    config = settings(root, tmp_path, results_dir=str(tmp_path / "results"), image_size=24)
+    failed = {"status": "fail", "model_name": "failed_abcde", "error": "ChildProcessError: died",
+              "space": TINY_HYPE_SPACE}
+    monkeypatch.setattr(trial_process, "train_in_child", lambda *a, **k: dict(failed))
+    result = hyperopt_optimize.optimize_cnn(TINY_HYPE_SPACE, config)
+    assert (result["dataset"], result["image_size"], result["nb_classes"],
+            result["nb_groups"]) == (str(root), 24, 2, 2)
+    assert json.loads((tmp_path / "results" / "failed_abcde.txt.json").read_text())["nb_groups"] == 2
+    line = utils.progress_line(result, 1, 1.0)
+    assert line.startswith("Trial 1 (images, 2 classes in 2 groups, 24 px): FAILED after 1.0 s")

@@ -376,11 +376,6 @@ def read_archive(archive, source, notices=True):
     return train, test, names
 
 
-def read_cifar100(source, notices=True):
-    """CIFAR-100's (train, test) from an archive or extracted folder."""
-    return read_archive(ARCHIVES["cifar100"], source, notices)[:2]
-
-
 def read_archive_members(source, archive=ARCHIVES["cifar100"]):
     """Unpickle the archive's batches (and its label names, when there)
     out of the tar.gz (Python 2 pickles)."""
@@ -551,7 +546,6 @@ class Layout:
     class_names: list
     group_names: list | None
     is_test: list | None = None
-    ignored: int = 0  # files without an image suffix
 
 
 def visible(path):
@@ -577,8 +571,7 @@ def scan_folder(root):
         return Layout(train.files + test.files, train.fine + test.fine,
                       None if train.coarse is None else train.coarse + test.coarse,
                       train.class_names, train.group_names,
-                      [False] * len(train.files) + [True] * len(test.files),
-                      train.ignored + test.ignored)
+                      [False] * len(train.files) + [True] * len(test.files))
     return scan_tree(root, root)
 
 
@@ -652,8 +645,7 @@ def no_image_line(folder, root):
 def add_class(layout, folder, root, label, group_label=None):
     for path in sorted(p for p in folder.iterdir() if p.is_file() and visible(p)):
         if not is_image(path):
-            layout.ignored += 1
-            continue
+            continue  # notes, thumbnails' databases: not images
         layout.files.append(str(path.relative_to(root)))
         layout.fine.append(label)
         if group_label is not None:

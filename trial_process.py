@@ -141,9 +141,18 @@ def start():
     context = multiprocessing.get_context("spawn")
     task_receive, task_send = context.Pipe(duplex=False)
     result_receive, result_send = context.Pipe(duplex=False)
-    child = context.Process(target=child_main, args=(task_receive, result_send),
-                            name="hks-trial", daemon=True)
-    child.start()
+    # The child starts with Ctrl-C ignored, and child_main listens again (when
+    # the search does): a Ctrl-C while spawn re-imports the main script would
+    # print a traceback from that import; the search ends the child anyway.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    heard = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+    child = context.Process(target=child_main, name="hks-trial", daemon=True,
+                            args=(task_receive, result_send, heard != signal.SIG_IGN))
+    try:
+        child.start()
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, heard if heard is not None else signal.SIG_DFL)
     task_receive.close()
     result_send.close()
     return TrialProcess(child, task_send, result_receive)
@@ -187,12 +196,14 @@ def receive_result(results):
             return kind, payload
 
 
-def child_main(task_receive, result_send):
+def child_main(task_receive, result_send, hear_ctrl_c=True):
     """What a trial's process runs: import, say so, wait for the trial, train
     it, send the result back."""
     threading.Thread(target=exit_with_parent, daemon=True).start()
     signal.signal(signal.SIGUSR1, lambda *_: abandoned.set())  # see abandon()
     try:
+        if hear_ctrl_c:  # ignored by start() until now
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         import neural_net
         result_send.send(("ready", None))
         try:

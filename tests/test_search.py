@@ -20,6 +20,7 @@ import dataset
 import hyperopt_optimize
 import neural_net
 import trial_process
+import utils
 from conftest import ROOT, SUPPORT, hear_ctrl_c
 
 TINY_SEARCH = str(SUPPORT / "tiny_search.py")
@@ -120,6 +121,24 @@ def test_in_process_trials_free_their_models(config, tiny_search_space):
     assert alive == []
 
 
+def test_a_trial_process_hears_ctrl_c_only_once_it_is_set_up(capfd):
+    """Ctrl-C while a trial process starts (spawn re-imports the main script)
+    would print a traceback from that import: it is ignored until the process
+    is set up (the search ends it anyway), then ends it quietly (exit code 130)."""
+    heard = signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the suite ignores it
+    try:
+        trial = trial_process.start()
+    finally:
+        signal.signal(signal.SIGINT, heard)
+    os.kill(trial.process.pid, signal.SIGINT)  # at once: it is still starting up
+    assert trial.results.poll(120) and trial.results.recv() == ("ready", None)
+    os.kill(trial.process.pid, signal.SIGINT)  # set up: it listens now
+    trial.process.join(60)
+    trial.close()
+    assert trial.process.exitcode == utils.EXIT_INTERRUPTED
+    assert "Traceback" not in capfd.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_trial_killed_by_the_system_is_a_failed_trial(clean_env, tmp_path, cifar_dir):
     """What the out-of-memory killer does to a trial: the search records it and goes on."""
@@ -144,7 +163,7 @@ def test_a_trial_killed_by_the_system_is_a_failed_trial(clean_env, tmp_path, cif
     trials = load(tmp_path / "results.pkl")
     assert [t["result"]["status"] for t in trials.trials] == ["fail", "ok"]
     assert "exit code -9" in trials.trials[0]["result"]["error"]
-    assert "Trial 1/2: FAILED" in out
+    assert "Trial 1/2 (cifar100, 100 classes in 20 groups, 32 px): FAILED" in out
 
 
 def test_help_documents_every_flag_and_variable(clean_env, tmp_path):

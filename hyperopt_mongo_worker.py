@@ -207,6 +207,7 @@ def run_worker(config, jobs, host_id):
             return 0
         timeouts = [t for t in (config.reserve_timeout, left) if t is not None]
         trial_started = time.monotonic()
+        trial_process.expect_more(config.max_jobs is None or finished + 1 < config.max_jobs)
         try:
             worker.run_one(host_id, reserve_timeout=min(timeouts) if timeouts else None)
         except pymongo.errors.ConnectionFailure as err:  # taking or reading a trial

@@ -187,6 +187,7 @@ def run_search(config, trials=None):
             objective = functools.partial(optimize_cnn, config=settings, earlier=earlier)
             # A fresh generator per trial: seeded runs stay reproducible across resumes.
             rstate = np.random.default_rng(None if config.seed is None else [config.seed, done])
+            trial_process.expect_more(config.max_evals is None or done + 1 < config.max_evals)
             started = time.perf_counter()
             try:
                 fmin(objective, space, algo=tpe.suggest, trials=trials, max_evals=done + 1,
@@ -207,6 +208,7 @@ def run_search(config, trials=None):
                 plot_models(config, demo=False)  # model_best.png follows the best trial
     finally:
         trial_process.stop_spare()  # the process prestarted for a next trial
+        trial_process.expect_more(True)
     return trials
 
 

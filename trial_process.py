@@ -5,7 +5,8 @@ TensorFlow keeps every traced graph until its process ends (about 15 MB a
 trial even after clear_session), and a trial killed for using too much memory
 must not take the search along: so each trial trains in a fresh process. Its
 imports (TensorFlow takes about 8 s) are paid while the trial before trains:
-every trial starts the process of the next one (the spare).
+every trial but the search's last starts the process of the next one (the
+spare).
 
     result = train_in_child(hype_space, settings)   # a result dict
     stop_spare()                                     # when the search is over
@@ -49,6 +50,7 @@ class TrialProcess:
 
 
 _spare = None  # the TrialProcess prestarted for the next trial, or None
+_more = True  # whether a trial may follow the one being trained (see expect_more)
 _running = None  # the TrialProcess training now, or None
 # Set when the trial being trained must stop at the end of its epoch and leave
 # no result (a MongoDB worker whose trial was given to another worker).
@@ -65,6 +67,14 @@ def abandon():
             os.kill(trial.process.pid, signal.SIGUSR1)
         except ProcessLookupError:
             pass  # it has just finished
+
+
+def expect_more(more):
+    """Whether another trial may follow the next one in this process. The
+    search says False before its last trial (--max-evals), which then starts
+    no spare: its imports would be wasted."""
+    global _more
+    _more = more
 
 
 def train_here(hype_space, settings, called_at=None, data_notices=True, earlier=None):
@@ -108,7 +118,7 @@ def train_in_child(hype_space, settings, called_at=None, earlier=None):
     if abandoned.is_set():  # abandon() came before _running was set
         abandon()
     try:
-        _spare = start()
+        _spare = start() if _more else None
         kind, payload = receive_result(trial.results)
     except EOFError:  # the child died without answering
         trial.process.join()

@@ -92,7 +92,8 @@ def test_missing_dataset_stops_the_search_instead_of_failing_every_trial(
 @pytest.mark.slow
 def test_memory_of_the_search_process_stays_flat(config, tiny_search_space, monkeypatch):
     """Trials run in child processes, so the search's own memory does not grow
-    with the graphs TensorFlow keeps for every model it has trained."""
+    with the graphs TensorFlow keeps for every model it has trained; the
+    last trial starts no spare process that nothing would use."""
     process = psutil.Process()
     rss = []
     objective = hyperopt_optimize.optimize_cnn
@@ -103,12 +104,16 @@ def test_memory_of_the_search_process_stays_flat(config, tiny_search_space, monk
         rss.append(process.memory_info().rss / 2**20)
         return result
 
+    started = []
+    start = trial_process.start
+    monkeypatch.setattr(trial_process, "start", lambda: started.append(1) or start())
     monkeypatch.setattr(hyperopt_optimize, "optimize_cnn", measured)
     config.max_evals = 5
     hyperopt_optimize.run_search(config)
     growth = rss[-1] - rss[1]  # after the first trial: imports, data, first plots
     assert growth < 20, f"RSS grew {growth:.0f} MiB over 3 trials: {rss}"
     assert len(load(config.trials_file).trials) == 5
+    assert len(started) == 5  # a process per trial: the last trial prestarts none
     assert not trial_process.has_spare()  # no process is left waiting for a trial
     assert multiprocessing.active_children() == []
 

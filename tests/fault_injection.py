@@ -54,6 +54,9 @@ import utils  # noqa: E402
 FULL = {"kills": 20, "max_evals": 24, "worker_kills": 4, "mongo_evals": 16, "reference": True}
 QUICK = {"kills": 2, "max_evals": 3, "worker_kills": 1, "mongo_evals": 5, "reference": False}
 STALE_AFTER = 3.0  # the MongoDB part's --stale-after, seconds
+# Workers wait this long for a queued trial, so that none leaves while the
+# driver is down or slow to requeue (a loaded machine); the run ends them.
+RESERVE_TIMEOUT = 600
 LEFT_RUNNING_WAIT = 5.0  # seconds a dead search's trial processes get to notice
 POLL = 0.05
 
@@ -225,7 +228,7 @@ def start_worker(mongo, folder, data_dir, env):
     return subprocess.Popen(
         [sys.executable, str(ROOT / "hyperopt_mongo_worker.py"), "--mongo", mongo.url,
          "--exp-key", "faults", "--data-dir", str(data_dir), "--results-dir", "results",
-         "--reserve-timeout", "30", "--outage-grace", "120"],
+         "--reserve-timeout", str(RESERVE_TIMEOUT), "--outage-grace", "120"],
         cwd=folder, env=env, stdout=(folder / "worker.log").open("a"), stderr=subprocess.STDOUT)
 
 
@@ -258,7 +261,10 @@ def mongo_part(work, sizes, rng):
                 mongo.process.send_signal(signal.SIGSTOP)
                 time.sleep(STALE_AFTER * 3)
                 mongo.process.send_signal(signal.SIGCONT)
-        driver.wait(timeout=900)
+        try:
+            driver.wait(timeout=120 + 30 * total)
+        except subprocess.TimeoutExpired:
+            pass  # the search did not complete: search_completed says so
         done = mongo.find(state=2)
         tids = [job["tid"] for job in done]
         files = [p for f in folders for p in utils.result_files(f / "results")]

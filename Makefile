@@ -47,13 +47,18 @@ run_hyperopt: install_req install_graph_viz
 run_hyperopt_worker: install_req
 	$(BIN)/python hyperopt_mongo_worker.py
 
+# Two test processes (pytest-xdist): most slow tests wait on subprocesses,
+# heartbeats and timeouts, so two share a 2-core machine well. TEST_WORKERS=0
+# runs them one after another.
+TEST_WORKERS ?= 2
+TEST_FLAGS := -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 test: install_dev install_graph_viz install_compose
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest $(TEST_FLAGS) tests
 
 # The quick part of the suite, while you work: the tests marked slow (searches
 # and MongoDB in subprocesses, JAX, the benchmark) are left out.
 test-fast: install_dev install_graph_viz install_compose
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest $(TEST_FLAGS) -m "not slow" tests
 
 # Throughput against a plain Keras reference, trial overhead, TPE latency and
 # memory, on a synthetic data set; `make bench BENCH_ARGS=--quick` for a short run.

@@ -44,15 +44,16 @@ def start_worker(mongo_url, env, folder, cifar_dir, *flags):
 @pytest.fixture
 def experiment(tmp_path, mongo_url, env, cifar_dir):
     """start(objective, n_workers, *driver_flags) starts n worker processes
-    (in tmp_path/w1, w2, ...) and a driver whose output goes to
-    tmp_path/driver.log (`log=` another name; `env=` changes to the
-    environment), and returns (driver, workers, log). Whatever is still
-    running at the end of the test is stopped."""
+    (in tmp_path/w1, w2, ...; `worker_flags=` theirs) and a driver whose
+    output goes to tmp_path/driver.log (`log=` another name; `env_changes=`
+    changes to the environment), and returns (driver, workers, log). Whatever
+    is still running at the end of the test is stopped."""
     started = []
 
-    def start(objective, n_workers, *flags, log="driver.log", env_changes=None):
+    def start(objective, n_workers, *flags, log="driver.log", env_changes=None,
+              worker_flags=()):
         run_env = dict(env, **(env_changes or {}))
-        workers = [start_worker(mongo_url, run_env, tmp_path / f"w{i}", cifar_dir)
+        workers = [start_worker(mongo_url, run_env, tmp_path / f"w{i}", cifar_dir, *worker_flags)
                    for i in range(1, n_workers + 1)]
         log = tmp_path / log
         driver = start_driver(objective, mongo_url, run_env, log, *flags)
@@ -103,12 +104,17 @@ def wait_until(condition, timeout, what):
 @pytest.mark.slow
 def test_two_workers_train_the_requested_trials(tmp_path, mongo_db, experiment):
     """The real path: real training in each worker's trial processes; both
-    workers take a trial (one trains while the other takes the next); results
-    in MongoDB and JSON files on each worker's disk."""
-    driver, _, log = experiment("train", 2, "--max-evals", "2", "--queue-len", "2",
-                                env_changes={"CODE_TESTING": "1", "DATASET_SIZE": "150"})
+    workers take a trial (one trains while the other takes the next; each
+    leaves after one, --max-jobs 1); results in MongoDB and JSON files on
+    each worker's disk."""
+    driver, workers, log = experiment("train", 2, "--max-evals", "2", "--queue-len", "2",
+                                      env_changes={"CODE_TESTING": "1", "DATASET_SIZE": "150"},
+                                      worker_flags=("--max-jobs", "1"))
     output = finish(driver, log, timeout=400)
     assert driver.returncode == 0, output
+    assert [w.wait(timeout=60) for w in workers] == [0, 0]
+    for w in ("w1", "w2"):
+        assert "Ran --max-jobs 1 trials: exiting." in (tmp_path / w / "worker.log").read_text()
     done = jobs_of(mongo_db, JOB_STATE_DONE)
     assert len(done) == 2 and len(jobs_of(mongo_db)) == 2, output
     assert all(job["result"]["status"] == "ok" for job in done), output
@@ -135,7 +141,7 @@ def test_a_worker_prunes_with_the_curves_another_worker_produced(tmp_path, mongo
     second = None
     try:
         assert first.wait(timeout=120) == 0, (tmp_path / "w1" / "worker.log").read_text()
-        second = start_worker(mongo_url, env, tmp_path / "w2", cifar_dir)
+        second = start_worker(mongo_url, env, tmp_path / "w2", cifar_dir, "--max-jobs", "2")
         output = finish(driver, log, timeout=400)
     finally:
         stop([p for p in (driver, first, second) if p is not None])
@@ -264,7 +270,7 @@ def test_a_paused_worker_whose_trial_was_taken_away_writes_nothing(
         pause(first, signal.SIGSTOP)
         wait_until(lambda: any(j.get("requeue_count") for j in jobs_of(mongo_db)), 60,
                    "the paused worker's trial to be requeued")
-        second = start_worker(mongo_url, env, tmp_path / "w2", cifar_dir)
+        second = start_worker(mongo_url, env, tmp_path / "w2", cifar_dir, "--max-jobs", "1")
         output = finish(driver, log, timeout=300)
         pause(first, signal.SIGCONT)
         wait_until(lambda: "Trial given up here" in (tmp_path / "w1" / "worker.log").read_text(),
@@ -486,7 +492,7 @@ def test_workers_train_a_folder_data_set_and_refuse_another(tmp_path, mongo_url,
     right = None
     try:
         assert wrong.wait(timeout=120) == 1
-        right = start_worker(mongo_url, env, tmp_path / "w2", cifar_dir,
+        right = start_worker(mongo_url, env, tmp_path / "w2", cifar_dir, "--max-jobs", "1",
                              "--dataset", str(tmp_path / "worker_side" / "shapes"))
         output = finish(driver, log, timeout=400)
     finally:

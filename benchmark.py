@@ -46,12 +46,12 @@ import numpy as np
 
 import dataset
 import hyperopt_optimize  # the spaces
-import neural_net  # first: it quiets TensorFlow's start-up (imports Keras, TensorFlow or JAX)
 import trial_process
 import utils
 
-import keras  # noqa: E402  (after neural_net)
-from keras import layers, ops  # noqa: E402
+# Keras (TensorFlow or JAX: seconds) is imported where it is used, after the
+# flags are checked: a bad flag is refused at once. main() imports neural_net
+# first, which quiets TensorFlow's start-up.
 
 SECTIONS = ("throughput", "overhead", "tpe", "memory", "folder")
 MODELS = ("best", "demo", "small")  # small: to check the benchmark itself in seconds
@@ -147,6 +147,8 @@ def reference_model(hs, flip="layer"):
     as one would without this project: float32 input in [0, 1], one-hot labels,
     default compile settings. `flip="map_fn"` flips images one at a time in a
     loop, like the original."""
+    import keras
+    from keras import layers
     l2 = keras.regularizers.L2(0.0007 * hs["l2_weight_reg_mult"])
     act = hs["activation"]
 
@@ -173,7 +175,7 @@ def reference_model(hs, flip="layer"):
         return layers.Concatenate()([a, b, c])
 
     inputs = keras.Input((32, 32, 3))
-    x = layers.RandomFlip("horizontal")(inputs) if flip == "layer" else MapFnFlip()(inputs)
+    x = layers.RandomFlip("horizontal")(inputs) if flip == "layer" else map_fn_flip()(inputs)
     if hs["first_conv"] is not None:
         x = conv(x, 16, int(hs["first_conv"]))
     filters = int(40 * hs["conv_hiddn_units_mult"])
@@ -207,21 +209,25 @@ def reference_model(hs, flip="layer"):
     return model
 
 
-class MapFnFlip(layers.Layer):
-    """The original's augmentation: each image flipped left-right with
-    probability 1/2, one image at a time. keras.ops.map is tf.map_fn under
-    TensorFlow (what the original called) and jax.lax.map under JAX."""
+def map_fn_flip():
+    """The original's augmentation, as a layer: each image flipped left-right
+    with probability 1/2, one image at a time. keras.ops.map is tf.map_fn
+    under TensorFlow (what the original called) and jax.lax.map under JAX."""
+    import keras
+    from keras import ops
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.seed = keras.random.SeedGenerator(0)
+    class MapFnFlip(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.seed = keras.random.SeedGenerator(0)
 
-    def call(self, images, training=None):
-        if not training:
-            return images
-        coins = keras.random.uniform(ops.shape(images)[:1], seed=self.seed)
-        return ops.map(lambda pair: ops.where(pair[1] < 0.5, ops.flip(pair[0], axis=1), pair[0]),
-                       (images, coins))
+        def call(self, images, training=None):
+            if not training:
+                return images
+            coins = keras.random.uniform(ops.shape(images)[:1], seed=self.seed)
+            return ops.map(lambda pair: ops.where(pair[1] < 0.5, ops.flip(pair[0], axis=1),
+                                                  pair[0]), (images, coins))
+    return MapFnFlip()
 
 
 # ------------------------------------------------------------- throughput ----
@@ -253,6 +259,7 @@ def spaces():
 def throughput_variants(args):
     """What to time: per hyperspace and batch size, the project at each
     precision and the reference; the map_fn flip for the first model."""
+    import neural_net
     precisions = [neural_net.resolve_precision(p) for p in args.precisions]
     variants = []
     for model in args.models:
@@ -270,6 +277,8 @@ def throughput_variants(args):
 def prepare(variant, data, steps):
     """Build the variant's model and its one-epoch fit; the first call
     (tracing and compiling) is timed apart and left out of the throughput."""
+    import keras
+    import neural_net
     hs = dict(spaces()[variant.model], batch_size=variant.batch_size)
     n = variant.batch_size * steps
     x, fine, coarse = (a[:n] for a in data)
@@ -297,14 +306,18 @@ def prepare(variant, data, steps):
     variant.first_step_seconds = time.perf_counter() - started
 
 
-class LoopClock(keras.callbacks.Callback):
-    """Notes when fit's first step begins: a timed run counts from there to
-    fit's return (every batch, and the final sync), not fit's set-up before
-    the loop, which a trial pays once in 100 epochs, not once per epoch."""
+def loop_clock():
+    """A callback that notes when fit's first step begins (`.started`): a
+    timed run counts from there to fit's return (every batch, and the final
+    sync), not fit's set-up before the loop, which a trial pays once in 100
+    epochs, not once per epoch."""
+    import keras
 
-    def on_train_batch_begin(self, batch, logs=None):
-        if batch == 0:
-            self.started = time.perf_counter()
+    class LoopClock(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 0:
+                self.started = time.perf_counter()
+    return LoopClock()
 
 
 def run_throughput(args, data):
@@ -316,7 +329,7 @@ def run_throughput(args, data):
         # Rotate the order so that no variant always runs first or last.
         order = variants[rep % len(variants):] + variants[:rep % len(variants)]
         for variant in order:
-            clock = LoopClock()
+            clock = loop_clock()
             variant.fit(callbacks=[clock])
             variant.seconds.append(time.perf_counter() - clock.started)
         print(f"  repetition {rep + 1}/{args.repeats} done", flush=True)
@@ -429,6 +442,7 @@ def run_trial_processes(data_dir, work, n_trials):
     the others in the one started during the trial before (waited for, as
     after a trial of minutes). Returns (first-step seconds, memory): this
     process's memory after each trial, and each trial process's peak."""
+    import neural_net
     config = small_trial_config(data_dir, work)
     trial_process.stop_spare()
     after, trial_peaks, first_steps = [], [], []
@@ -495,6 +509,7 @@ def run_folder(n_images, work):
 # ------------------------------------------------------------------ report ----
 
 def machine():
+    import keras
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -568,6 +583,7 @@ def main(argv=None):
         except OSError as err:
             print(f"error: --out: {utils.os_error_text(err)}", file=sys.stderr)
             return 1
+    import neural_net  # noqa: F401  (Keras: see the imports above)
     started = time.perf_counter()
     report = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "out"}}

@@ -289,14 +289,13 @@ def main(argv=None):
     # hyperopt writes each trial's result with jobs.update: one that finds
     # MongoDB away waits for it, so a trial trained through an outage is kept.
     jobs.update = patiently(jobs.update, config.outage_grace, "writing a trial's state")
-    import neural_net  # Keras: after MongoDB and the data set answered, so those fail fast
     # Unique even for a worker restarted with the same pid (containers): the
     # heartbeat must never revive the trial of a previous life.
     host_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:4]}"
     data = own or f"the driver's data set (archives in {machine.data_dir})"
     print(f"Worker {host_id} taking trials of {config.exp_key!r} from "
           f"{mongo_search.redact(config.mongo)}; data: {data}, results to "
-          f"{machine.results_dir}. {neural_net.device_line()}", flush=True)
+          f"{machine.results_dir}.", flush=True)
     stop = threading.Event()
     threading.Thread(target=keep_alive,
                      args=(jobs.jobs, host_id, config.heartbeat, stop, jobs.in_trial),

@@ -51,6 +51,7 @@ class TrialProcess:
 
 _spare = None  # the TrialProcess prestarted for the next trial, or None
 _more = True  # whether a trial may follow the one being trained (see expect_more)
+_device_said = False  # whether the first trial process has said where trials train
 _running = None  # the TrialProcess training now, or None
 # Set when the trial being trained must stop at the end of its epoch and leave
 # no result (a MongoDB worker whose trial was given to another worker).
@@ -199,11 +200,18 @@ def stop_spare():
 
 
 def receive_result(results):
-    """The trial's ("result" | "dataset_error", payload), skipping "ready"."""
+    """The trial's ("result" | "dataset_error", payload), after "ready", whose
+    payload (where trials train: neural_net.device_line) is printed for the
+    first trial process only. So the search and the MongoDB worker say it
+    without importing TensorFlow themselves."""
+    global _device_said
     while True:
         kind, payload = results.recv()
         if kind != "ready":
             return kind, payload
+        if not _device_said:
+            print(payload, flush=True)
+            _device_said = True
 
 
 def child_main(task_receive, result_send, hear_ctrl_c=True):
@@ -215,7 +223,7 @@ def child_main(task_receive, result_send, hear_ctrl_c=True):
         if hear_ctrl_c:  # ignored by start() until now
             signal.signal(signal.SIGINT, signal.default_int_handler)
         import neural_net
-        result_send.send(("ready", None))
+        result_send.send(("ready", neural_net.device_line()))
         try:
             hype_space, settings, called_at, cwd, earlier = task_receive.recv()
         except EOFError:  # the search ended without needing this process

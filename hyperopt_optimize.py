@@ -416,10 +416,7 @@ def main(argv=None):
     try:
         dataset.training_data(config)  # a missing data set stops us here, once
         check_data_set(trials, dataset.load_dataset(config).info, config.trials_file)
-        if config.in_process:  # else the first trial process says it (trial_process)
-            import neural_net
-            print(neural_net.device_line(), flush=True)
-        else:
+        if not config.in_process:
             dataset.unload()  # the trials' processes load their own copy
         if config.plots:
             plot_models(config)

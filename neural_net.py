@@ -215,10 +215,11 @@ def gpu_compute_capability():
 
 
 def device_line():
-    """One line saying where trials train, for the search to print once.
-    Under JAX the devices are not opened (that would take the GPU's memory in
-    a process that trains nothing): a GPU needs JAX's CUDA plugin and an
-    NVIDIA driver."""
+    """One line saying where trials train, worked out where they train (a
+    trial process sends it with its "ready") and said once by
+    trial_process.say_where_trials_train. Under JAX the devices are not
+    opened just to say this (JAX takes most of a GPU's memory in the first
+    process that opens it): a GPU needs JAX's CUDA plugin and an NVIDIA driver."""
     if keras.backend.backend() == "jax":
         plugin = any(importlib.util.find_spec(f"jax_cuda{v}_plugin") for v in (12, 13))
         if plugin and Path(utils.NVIDIA_DRIVER).exists():

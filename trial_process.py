@@ -51,7 +51,7 @@ class TrialProcess:
 
 _spare = None  # the TrialProcess prestarted for the next trial, or None
 _more = True  # whether a trial may follow the one being trained (see expect_more)
-_device_said = False  # whether the first trial process has said where trials train
+_device_said = False  # whether this process has said where trials train
 _running = None  # the TrialProcess training now, or None
 # Set when the trial being trained must stop at the end of its epoch and leave
 # no result (a MongoDB worker whose trial was given to another worker).
@@ -81,9 +81,12 @@ def expect_more(more):
 def train_here(hype_space, settings, called_at=None, data_notices=True, earlier=None):
     """Train one model in this process and free it; errors become failed
     results. `earlier`: the earlier trials' curves, for pruning (see
-    neural_net.build_and_train)."""
+    neural_net.build_and_train). `data_notices`: say the data set's notices
+    and where trials train (False in a trial process: its search says them)."""
+    import neural_net  # first: it quiets TensorFlow's start-up
     import keras
-    import neural_net
+    if data_notices:
+        say_where_trials_train(neural_net.device_line())
     try:
         model, _, result = neural_net.build_and_train(hype_space, config=settings,
                                                       called_at=called_at,
@@ -130,7 +133,7 @@ def train_in_child(hype_space, settings, called_at=None, earlier=None):
     except BaseException:  # Ctrl-C: do not leave processes training or waiting
         trial.process.terminate()
         trial.close()
-        stop_spare()
+        stop_spare(at_once=True)
         raise
     finally:
         _running = None
@@ -155,15 +158,17 @@ def start():
     # The child starts with Ctrl-C ignored, and child_main listens again (when
     # the search does): a Ctrl-C while spawn re-imports the main script would
     # print a traceback from that import; the search ends the child anyway.
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    heard = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+    heard = signal.getsignal(signal.SIGINT)  # None: set outside Python, left alone
+    ignore = heard is not None and threading.current_thread() is threading.main_thread()
     child = context.Process(target=child_main, name="hks-trial", daemon=True,
                             args=(task_receive, result_send, heard != signal.SIG_IGN))
     try:
+        if ignore:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         child.start()
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGINT, heard if heard is not None else signal.SIG_DFL)
+        if ignore:
+            signal.signal(signal.SIGINT, heard)
     task_receive.close()
     result_send.close()
     return TrialProcess(child, task_send, result_receive)
@@ -191,27 +196,34 @@ def wait_for_spare(timeout=120.0):
         multiprocessing.connection.wait([_spare.results], timeout)
 
 
-def stop_spare():
-    """End the spare trial process, if any (the search is over)."""
+def stop_spare(at_once=False):
+    """End the spare trial process, if any (the search is over). `at_once`
+    (Ctrl-C): do not wait for it to finish starting up."""
     global _spare
     if _spare is not None:
+        if at_once:
+            _spare.process.terminate()
         _spare.close()
         _spare = None
 
 
 def receive_result(results):
     """The trial's ("result" | "dataset_error", payload), after "ready", whose
-    payload (where trials train: neural_net.device_line) is printed for the
-    first trial process only. So the search and the MongoDB worker say it
-    without importing TensorFlow themselves."""
-    global _device_said
+    payload (where trials train: neural_net.device_line) is said once. So the
+    search and the MongoDB worker say it without importing TensorFlow."""
     while True:
         kind, payload = results.recv()
         if kind != "ready":
             return kind, payload
-        if not _device_said:
-            print(payload, flush=True)
-            _device_said = True
+        say_where_trials_train(payload)
+
+
+def say_where_trials_train(line):
+    """Print neural_net.device_line once per process (the search, a worker)."""
+    global _device_said
+    if not _device_said:
+        print(line, flush=True)
+        _device_said = True
 
 
 def child_main(task_receive, result_send, hear_ctrl_c=True):

@@ -90,7 +90,8 @@ def test_missing_dataset_stops_the_search_instead_of_failing_every_trial(
 
 
 @pytest.mark.slow
-def test_memory_of_the_search_process_stays_flat(config, tiny_search_space, monkeypatch):
+def test_memory_of_the_search_process_stays_flat(config, tiny_search_space, monkeypatch,
+                                                  capsys):
     """Trials run in child processes, so the search's own memory does not grow
     with the graphs TensorFlow keeps for every model it has trained; the
     last trial starts no spare process that nothing would use."""
@@ -104,6 +105,7 @@ def test_memory_of_the_search_process_stays_flat(config, tiny_search_space, monk
         rss.append(process.memory_info().rss / 2**20)
         return result
 
+    monkeypatch.setattr(trial_process, "_device_said", False)
     started = []
     start = trial_process.start
     monkeypatch.setattr(trial_process, "start", lambda: started.append(1) or start())
@@ -114,6 +116,8 @@ def test_memory_of_the_search_process_stays_flat(config, tiny_search_space, monk
     assert growth < 20, f"RSS grew {growth:.0f} MiB over 2 trials: {rss}"
     assert len(load(config.trials_file).trials) == 4
     assert len(started) == 4  # a process per trial: the last trial prestarts none
+    # Where trials train: said by the first of the 4 trial processes only.
+    assert capsys.readouterr().out.count("No GPU found: trials train on the CPU.") == 1
     assert not trial_process.has_spare()  # no process is left waiting for a trial
     assert multiprocessing.active_children() == []
 
@@ -229,8 +233,15 @@ def test_unreadable_results_pkl_is_refused_and_left_alone(clean_env, tmp_path, c
 
 @pytest.mark.slow
 def test_two_runs_resume_the_search(clean_env, tmp_path, cifar_dir):
-    first = run(search_args(cifar_dir, "--max-evals", "1", "--seed", "1"), clean_env, tmp_path)
+    """A search run again goes on from results.pkl. The first run trains in
+    the search's process (--in-process) with TF_CPP_MIN_LOG_LEVEL unset, as a
+    user's would be: no TensorFlow start-up lines, where trials train said once."""
+    users_env = {k: v for k, v in clean_env.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    first = run(search_args(cifar_dir, "--max-evals", "1", "--seed", "1"), users_env, tmp_path)
     assert first.returncode == 0, first.stderr
+    for noise in ("absl::InitializeLog", "oneDNN", "cudart_stub", "cuInit"):
+        assert noise not in first.stdout + first.stderr
+    assert first.stdout.count("No GPU found: trials train on the CPU.") == 1
     assert "Trial 1/1 (cifar100, 100 classes in 20 groups, 32 px): fine" in first.stdout
     assert "best so far" in first.stdout
     trials = load(tmp_path / "results.pkl")

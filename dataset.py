@@ -114,7 +114,9 @@ class DatasetError(Exception):
 Loaded = collections.namedtuple("Loaded", "train test info")
 
 _loaded = {}  # decoded data set per source, kept for the life of the process
-_said = set()  # notices said once per process (the synthetic warning, skipped files)
+# Notices said once per process: the synthetic warning, skipped files, and
+# where trials train (trial_process).
+_said = set()
 
 
 def say_once(key, text, notices=True):

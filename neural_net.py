@@ -216,8 +216,8 @@ def gpu_compute_capability():
 
 def device_line():
     """One line saying where trials train, worked out where they train (a
-    trial process sends it with its "ready") and said once by
-    trial_process.say_where_trials_train. Under JAX the devices are not
+    trial process sends it with its "ready") and said once per process
+    (dataset.say_once, from trial_process). Under JAX the devices are not
     opened just to say this (JAX takes most of a GPU's memory in the first
     process that opens it): a GPU needs JAX's CUDA plugin and an NVIDIA driver."""
     if keras.backend.backend() == "jax":

@@ -51,7 +51,6 @@ class TrialProcess:
 
 _spare = None  # the TrialProcess prestarted for the next trial, or None
 _more = True  # whether a trial may follow the one being trained (see expect_more)
-_device_said = False  # whether this process has said where trials train
 _running = None  # the TrialProcess training now, or None
 # Set when the trial being trained must stop at the end of its epoch and leave
 # no result (a MongoDB worker whose trial was given to another worker).
@@ -85,8 +84,7 @@ def train_here(hype_space, settings, called_at=None, data_notices=True, earlier=
     and where trials train (False in a trial process: its search says them)."""
     import neural_net  # first: it quiets TensorFlow's start-up
     import keras
-    if data_notices:
-        say_where_trials_train(neural_net.device_line())
+    dataset.say_once("device", neural_net.device_line(), data_notices)
     try:
         model, _, result = neural_net.build_and_train(hype_space, config=settings,
                                                       called_at=called_at,
@@ -209,21 +207,14 @@ def stop_spare(at_once=False):
 
 def receive_result(results):
     """The trial's ("result" | "dataset_error", payload), after "ready", whose
-    payload (where trials train: neural_net.device_line) is said once. So the
-    search and the MongoDB worker say it without importing TensorFlow."""
+    payload (where trials train: neural_net.device_line) is said once per
+    process. So the search and the MongoDB worker say it without importing
+    TensorFlow."""
     while True:
         kind, payload = results.recv()
         if kind != "ready":
             return kind, payload
-        say_where_trials_train(payload)
-
-
-def say_where_trials_train(line):
-    """Print neural_net.device_line once per process (the search, a worker)."""
-    global _device_said
-    if not _device_said:
-        print(line, flush=True)
-        _device_said = True
+        dataset.say_once("device", payload)
 
 
 def child_main(task_receive, result_send, hear_ctrl_c=True):

@@ -4,7 +4,6 @@ set, the one-headed model at any image size, and a trial trained on each."""
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import tarfile
@@ -51,7 +50,7 @@ def test_cifar10_archive_gives_one_head_of_ten_named_classes(tmp_path, capsys):
     (x, fine, coarse), (xt, fine_t, coarse_t) = loaded.train, loaded.test
     assert x.shape == (200, 32, 32, 3) and xt.shape == (50, 32, 32, 3)  # 5 batches joined
     assert coarse is None and coarse_t is None
-    assert fine.min() >= 0 and fine.max() <= 9
+    assert fine.min() >= 0 and fine.max() <= 9 and fine_t.min() >= 0 and fine_t.max() <= 9
     assert loaded.info == {"dataset": "cifar10", "image_size": 32, "nb_classes": 10,
                            "nb_groups": None, "class_names": CIFAR10_NAMES,
                            "group_names": None}

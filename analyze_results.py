@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import flags
 import pruning
 import tensorboard_hparams
 import utils
@@ -539,15 +540,15 @@ def plot_replay(replayed, lines, path):
 # ------------------------------------------------------------------ main ----
 
 def build_parser():
-    parser = utils.OneLineErrorParser(
+    parser = flags.OneLineErrorParser(
         description=__doc__.split("\n\n")[0],
         epilog="Writes results.csv, hyperparameters_scatter_matrix.png, "
                "optimization_history.png and learning_curves.png in --out-dir.")
-    parser.add_argument("--results-dir", default=utils.RESULTS_DIR,
+    parser.add_argument("--results-dir", default=flags.RESULTS_DIR,
                         help="folder of the trials' *.txt.json (default: %(default)s)")
     parser.add_argument("--out-dir", default=None,
                         help="where the CSV and the plots go (default: the results folder)")
-    parser.add_argument("--top", type=utils.argparse_type(utils.positive_int),
+    parser.add_argument("--top", type=flags.argparse_type(flags.positive_int),
                         default=TOP_N, metavar="N",
                         help="trials in the leaderboard and the learning curves "
                              "(default: %(default)s)")
@@ -560,12 +561,12 @@ def build_parser():
         "it would have saved and how often the best trial survives, for the rule's "
         f"settings below and a few others; writes {REPLAY_JSON} and {REPLAY_PNG}")
     replay.add_argument("--replay-pruning", action="store_true", help="replay, see above")
-    replay.add_argument("--orders", type=utils.argparse_type(utils.positive_int),
+    replay.add_argument("--orders", type=flags.argparse_type(flags.positive_int),
                         default=pruning.REPLAY_ORDERS, metavar="N",
                         help="random orders of the trials to replay (default: %(default)s)")
-    replay.add_argument("--seed", type=utils.argparse_type(utils.non_negative_int),
+    replay.add_argument("--seed", type=flags.argparse_type(flags.non_negative_int),
                         default=0, metavar="S", help="seed of the orders (default: %(default)s)")
-    utils.add_options(replay, utils.TrialSettings, only=REPLAY_SETTINGS)
+    flags.add_options(replay, flags.TrialSettings, only=REPLAY_SETTINGS)
     return parser
 
 
@@ -573,7 +574,7 @@ REPLAY_SETTINGS = ("prune_startup", "prune_warmup")
 
 
 def main(argv=None):
-    args, (settings,) = utils.parse_or_exit(build_parser(), [utils.TrialSettings], argv,
+    args, (settings,) = flags.parse_or_exit(build_parser(), [flags.TrialSettings], argv,
                                             only=REPLAY_SETTINGS)
     results_dir = Path(args.results_dir)
     if not results_dir.is_dir():

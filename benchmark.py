@@ -1,7 +1,7 @@
 """Measure what one trial of the search costs, and print it as a table.
 
 In one run, on a synthetic data set in the real CIFAR-100 format
-(dataset.write_synthetic_archive, so it runs anywhere):
+(synthetic_data.write_synthetic_archive, so it runs anywhere):
 
 1. training throughput (images/s) of the seed's best and demo hyperspaces
    through this project's training path (neural_net.build_model + fit_model,
@@ -44,8 +44,11 @@ from pathlib import Path
 
 import numpy as np
 
+import cifar_archives
 import dataset
+import flags
 import hyperopt_optimize  # the spaces
+import synthetic_data
 import trial_process
 import utils
 
@@ -83,9 +86,9 @@ FULL_TRAINING_IMAGES = 50000  # one epoch of the real CIFAR-100 training split
 
 
 def parse_args(argv=None):
-    positive = utils.argparse_type(utils.positive_int)
-    numbers = utils.argparse_type(positive_ints)
-    parser = utils.OneLineErrorParser(
+    positive = flags.argparse_type(flags.positive_int)
+    numbers = flags.argparse_type(positive_ints)
+    parser = flags.OneLineErrorParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Sizes left out come from --quick or the default preset.")
     parser.add_argument("--quick", action="store_true",
@@ -103,7 +106,7 @@ def parse_args(argv=None):
                         help="batch sizes to time (default: each hyperspace's own, "
                              "320 for best, 300 for demo; --quick: 64)")
     parser.add_argument("--precisions", default="auto",
-                        type=names_of(utils.PRECISIONS),
+                        type=names_of(flags.PRECISIONS),
                         help="the project's precisions to time; the first is compared "
                              "with the reference, the others with float32 (default: auto, "
                              "mixed_bfloat16 on a recent GPU, else float32)")
@@ -132,12 +135,12 @@ def names_of(allowed):
         if not chosen or any(n not in allowed for n in chosen):
             raise ValueError(f"{text!r}: choose among {','.join(allowed)}")
         return chosen
-    return utils.argparse_type(names)
+    return flags.argparse_type(names)
 
 
 def positive_ints(text):
     """Comma-separated whole numbers above 0 (ValueError otherwise)."""
-    return [utils.positive_int(n) for n in text.split(",") if n.strip()]
+    return [flags.positive_int(n) for n in text.split(",") if n.strip()]
 
 
 # ------------------------------------------------ the plain Keras reference ----
@@ -383,7 +386,7 @@ def short(precision):
 # --------------------------------------------------------------- overhead ----
 
 def small_trial_config(data_dir, work, **changes):
-    return utils.TrialSettings(epochs=1, dataset_size=SMALL_TRIAL_IMAGES, data_dir=str(data_dir),
+    return flags.TrialSettings(epochs=1, dataset_size=SMALL_TRIAL_IMAGES, data_dir=str(data_dir),
                                offline=True, results_dir=str(work / "results"),
                                keras_home=str(work / "keras_home"), **changes)
 
@@ -392,7 +395,7 @@ def run_overhead(data_dir, work):
     """Seconds from the objective being called to the end of the first
     training step of a trial trained in this process (--in-process), with the
     data set read from the archive, from its decoded copy, and from memory."""
-    archive = data_dir / dataset.CIFAR100_ARCHIVE
+    archive = data_dir / cifar_archives.CIFAR100_ARCHIVE
     config = small_trial_config(data_dir, work, in_process=True)
 
     def first_step():
@@ -400,7 +403,7 @@ def run_overhead(data_dir, work):
         return result["seconds_to_first_step"]
 
     seconds = {}
-    dataset.decoded_cache_path(archive).unlink(missing_ok=True)
+    cifar_archives.decoded_cache_path(archive).unlink(missing_ok=True)
     dataset.unload_cifar100()
     seconds["in_process_from_archive"] = first_step()
     dataset.unload_cifar100()
@@ -491,7 +494,7 @@ def run_folder(n_images, work):
     root = work / "images"
     print(f"  writing {n_images} image files ...", flush=True)
     write_image_folder(root, n_images)
-    config = utils.TrialSettings(dataset=str(root), cache_dir=str(work / "cache"))
+    config = flags.TrialSettings(dataset=str(root), cache_dir=str(work / "cache"))
     seconds = {}
     for key in ("decode_and_cache", "from_cache"):
         dataset.unload()
@@ -595,7 +598,7 @@ def main(argv=None):
         data_dir = work / "ml_req"
         data_dir.mkdir()
         archive = data_dir / "cifar-100-python.tar.gz"
-        dataset.write_synthetic_archive(archive, args.archive_images, n_test)
+        synthetic_data.write_synthetic_archive(archive, args.archive_images, n_test)
         if "throughput" in args.only:
             print("Throughput:", flush=True)
             data = throughput_data(args, data_dir, work)

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+import dataset
+import flags
 import utils
 
 # neural_net imports Keras (seconds): imported once the files are known to exist.
@@ -55,7 +57,7 @@ class VisualizationError(Exception):
 
 
 def build_parser():
-    parser = utils.OneLineErrorParser(
+    parser = flags.OneLineErrorParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True, metavar="FILE",
                         help="weights/<id>.weights.h5 as written by "
@@ -65,13 +67,13 @@ def build_parser():
                              f"<id>{utils.SPACE_SUFFIX} next to the weights")
     parser.add_argument("--out-dir", default=OUT_DIR, metavar="DIR",
                         help=f"folder for the pictures [default {OUT_DIR}]")
-    parser.add_argument("--max-filters", type=utils.argparse_type(utils.positive_int), default=MAX_FILTERS,
+    parser.add_argument("--max-filters", type=flags.argparse_type(flags.positive_int), default=MAX_FILTERS,
                         metavar="N", help=f"filters drawn per layer [default {MAX_FILTERS}]")
-    parser.add_argument("--candidates", type=utils.argparse_type(utils.positive_int), metavar="N",
+    parser.add_argument("--candidates", type=flags.argparse_type(flags.positive_int), metavar="N",
                         help=f"filters tried per layer, those most active on grey noise "
                              f"[default {CANDIDATES_PER_SHOWN} x --max-filters; a large "
                              "number tries them all]")
-    parser.add_argument("--steps", type=utils.argparse_type(utils.positive_int), default=STEPS,
+    parser.add_argument("--steps", type=flags.argparse_type(flags.positive_int), default=STEPS,
                         metavar="N", help=f"gradient ascent steps [default {STEPS}]")
     return parser
 
@@ -96,7 +98,7 @@ def find_hyperspace(weights, result_file):
         if not isinstance(space, dict):
             raise VisualizationError(f"{result_file} has no 'space': it is not a result "
                                      "file of the search")
-        return space, data_set_shape(result)
+        return space, dataset.model_shape(result)
     stem = weights.name.removesuffix(utils.WEIGHTS_SUFFIX)
     space_file = weights.with_name(stem + utils.SPACE_SUFFIX)
     if not space_file.is_file():
@@ -107,16 +109,7 @@ def find_hyperspace(weights, result_file):
         raise VisualizationError(f"{space_file} does not hold a hyperspace")
     data_file = weights.with_name(stem + utils.DATASET_SUFFIX)
     info = read_json(data_file, "the data set file") if data_file.is_file() else {}
-    return space, data_set_shape(info if isinstance(info, dict) else {})
-
-
-def data_set_shape(record):
-    """build_model's image size and heads from a result or a data set file
-    (CIFAR-100's for those written before --dataset existed)."""
-    if not record.get("nb_classes"):
-        return {}
-    return {"image_size": record.get("image_size") or 32, "nb_classes": record["nb_classes"],
-            "nb_groups": record.get("nb_groups")}
+    return space, dataset.model_shape(info if isinstance(info, dict) else {})
 
 
 def check_weights_path(weights):

@@ -34,6 +34,8 @@ from hyperopt import JOB_STATE_ERROR, JOB_STATE_RUNNING  # noqa: E402
 from hyperopt.mongoexp import MongoWorker, ReserveTimeout  # noqa: E402
 
 import dataset  # noqa: E402
+import flags  # noqa: E402
+import image_folders  # noqa: E402
 import mongo_compat  # noqa: E402
 import mongo_search  # noqa: E402
 import pruning  # noqa: E402
@@ -42,10 +44,10 @@ import utils  # noqa: E402
 
 
 def build_parser():
-    parser = utils.OneLineErrorParser(
+    parser = flags.OneLineErrorParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="A flag wins over its environment variable.")
-    utils.add_options(parser, mongo_search.WorkerSettings)
+    flags.add_options(parser, mongo_search.WorkerSettings)
     return parser
 
 
@@ -54,7 +56,7 @@ def machine_settings(config):
     work folder, and the trial's own process must find them from there."""
     def absolute(path):
         return str(Path(os.path.expanduser(path)).resolve())
-    return utils.MachineSettings(
+    return flags.MachineSettings(
         data_dir=absolute(config.data_dir), results_dir=absolute(config.results_dir),
         keras_home=absolute(config.keras_home), offline=config.offline,
         cache_dir=absolute(config.cache_dir))
@@ -68,9 +70,9 @@ def own_data_set(config, machine):
         return None
     own = dataset.recorded_name(config.dataset)
     if dataset.is_folder(own):
-        dataset.scan_folder(Path(own))  # its layout; the trials decode it at their size
+        image_folders.scan_folder(Path(own))  # its layout; the trials decode it at their size
         return own
-    settings = dataclasses.replace(utils.TrialSettings(**dataclasses.asdict(machine)),
+    settings = dataclasses.replace(flags.TrialSettings(**dataclasses.asdict(machine)),
                                    dataset=own)
     dataset.load_dataset(settings)
     dataset.unload()  # each trial's process loads its own copy
@@ -262,7 +264,7 @@ def run_worker(config, jobs, host_id):
 
 def main(argv=None):
     parser = build_parser()
-    _, (config,) = utils.parse_or_exit(parser, [mongo_search.WorkerSettings], argv)
+    _, (config,) = flags.parse_or_exit(parser, [mongo_search.WorkerSettings], argv)
     if config.mongo is None:
         parser.error("no MongoDB given: pass --mongo HOST:PORT/DB or set HKS_MONGO or "
                      "MONGO_DB_HOST")

@@ -31,6 +31,8 @@ from hyperopt import JOB_STATE_DONE, Trials, fmin, hp, tpe
 from hyperopt.exceptions import AllTrialsFailed
 
 import dataset
+import flags
+import image_folders
 import mongo_search
 import pruning
 import tensorboard_hparams
@@ -110,7 +112,7 @@ class SearchError(Exception):
 
 
 def optimize_cnn(hype_space, config, earlier=None):
-    """hyperopt's objective: train one model with the utils.TrialSettings
+    """hyperopt's objective: train one model with the flags.TrialSettings
     `config`, save its result, return it. On a MongoDB worker `config` holds
     the driver's settings and that worker's own folders. `earlier`: the
     curves of the search's earlier completed trials (or a function that reads
@@ -174,7 +176,7 @@ def run_search(config, trials=None):
         best = utils.best_trial(trials)
         print(f"Resuming the search: {len(trials.trials)} trials in {config.trials_file}"
               + (f", best fine accuracy {best[1]['fine_best_accuracy']:.4f}." if best else "."))
-    settings = utils.subset(utils.TrialSettings, config)
+    settings = flags.subset(flags.TrialSettings, config)
     rule = pruning.rule_of(config)
     of = f"/{config.max_evals}" if config.max_evals else ""
     try:
@@ -372,7 +374,7 @@ def plot_models(config, demo=True):
         neural_net.keep_off_the_gpu()  # the trial processes need all of it
     best = utils.load_best_hyperspace(config.results_dir) or SPACE_BEST_ORIGINAL
     plots = [(DEMO_PLOT, SPACE_DEMO)] if demo else []
-    shape = dataset.model_shape(config)
+    shape = dataset.model_shape(dataset.identity_keys(config))
     for path, hype_space in plots + [(BEST_PLOT, best)]:
         if _plots_unavailable:
             return
@@ -391,24 +393,24 @@ def plot_models(config, demo=True):
 # ----------------------------------------------------- command line ----
 
 def build_parser():
-    parser = utils.OneLineErrorParser(
+    parser = flags.OneLineErrorParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="A flag wins over its environment variable. DATASET_SIZE only counts "
                "when CODE_TESTING=1 is set too, as in the original scripts.")
-    utils.add_options(parser, utils.SearchSettings, mongo_search.DriverSettings)
+    flags.add_options(parser, flags.SearchSettings, mongo_search.DriverSettings)
     return parser
 
 
 def main(argv=None):
-    _, (config, driver) = utils.parse_or_exit(
-        build_parser(), [utils.SearchSettings, mongo_search.DriverSettings], argv)
+    _, (config, driver) = flags.parse_or_exit(
+        build_parser(), [flags.SearchSettings, mongo_search.DriverSettings], argv)
     config = with_absolute_folder(config)
     signal.signal(signal.SIGTERM, utils.raise_interrupt)
     if driver.mongo:  # no data set, no training here
         return mongo_search.run_driver(config, driver, optimize_cnn, space, warm_start)
     try:
         if dataset.is_folder(config.dataset):  # a wrong path or layout: said at once
-            dataset.scan_folder(Path(config.dataset))
+            image_folders.scan_folder(Path(config.dataset))
         trials = prepare_trials(config)
     except (SearchError, OSError, dataset.DatasetError) as err:
         print(f"error: {utils.os_error_text(err)}", file=sys.stderr)

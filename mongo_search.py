@@ -25,6 +25,7 @@ from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_R
 from hyperopt.base import JOB_STATE_CANCEL
 
 import dataset
+import flags
 import pruning
 import trial_process
 import utils
@@ -153,7 +154,7 @@ def redact(url):
 # ------------------------------------------------------- settings ----
 
 def mongo_setting():
-    return utils.setting(
+    return flags.setting(
         None, "--mongo", "HKS_MONGO", mongo_url,
         "the search's MongoDB (the driver then queues trials for workers): "
         "HOST:PORT/DB or mongodb://USER:PASSWORD@HOST:PORT/DB?authSource=admin; "
@@ -162,13 +163,13 @@ def mongo_setting():
 
 
 def exp_key_setting():
-    return utils.setting("hyperopt_keras_cifar100", "--exp-key", "EXPERIMENT_NAME", str,
+    return flags.setting("hyperopt_keras_cifar100", "--exp-key", "EXPERIMENT_NAME", str,
                          "name of the experiment in MongoDB; the same name resumes it")
 
 
 def outage_setting():
-    return utils.setting(
-        300.0, "--outage-grace", "HKS_OUTAGE_GRACE", utils.positive_number,
+    return flags.setting(
+        300.0, "--outage-grace", "HKS_OUTAGE_GRACE", flags.positive_number,
         "seconds to wait, retrying, when MongoDB goes away during the search (running "
         "trials train on and their results are written once it is back); past it, exit "
         "with an error (run the same command again to resume)")
@@ -180,55 +181,55 @@ class DriverSettings:
 
     mongo: str | None = mongo_setting()
     exp_key: str = exp_key_setting()
-    queue_len: int = utils.setting(
-        4, "--queue-len", "HKS_QUEUE_LEN", utils.positive_int,
+    queue_len: int = flags.setting(
+        4, "--queue-len", "HKS_QUEUE_LEN", flags.positive_int,
         "trials kept queued for idle workers (about the number of workers; more "
         "makes TPE suggest with less feedback)")
-    stale_after: float = utils.setting(
-        120.0, "--stale-after", "HKS_STALE_AFTER", utils.positive_number,
+    stale_after: float = flags.setting(
+        120.0, "--stale-after", "HKS_STALE_AFTER", flags.positive_number,
         "seconds without a worker heartbeat after which a running trial is put "
         "back in the queue (several worker heartbeats)")
-    max_requeues: int = utils.setting(
-        2, "--max-requeues", "HKS_MAX_REQUEUES", utils.non_negative_int,
+    max_requeues: int = flags.setting(
+        2, "--max-requeues", "HKS_MAX_REQUEUES", flags.non_negative_int,
         "a trial whose worker died this many times more is given up (marked as an "
         "error) instead of being queued again")
     outage_grace: float = outage_setting()
 
 
 @dataclasses.dataclass
-class WorkerSettings(utils.MachineSettings):
+class WorkerSettings(flags.MachineSettings):
     """What hyperopt_mongo_worker.py reads: this machine's folders (its own,
     whatever the driver's are), and how it takes trials. How a trial trains
     (epochs, data set size, ...) comes from the driver."""
 
     mongo: str | None = mongo_setting()
     exp_key: str = exp_key_setting()
-    poll_interval: float = utils.setting(
-        2.0, "--poll-interval", "HKS_POLL_INTERVAL", utils.positive_number,
+    poll_interval: float = flags.setting(
+        2.0, "--poll-interval", "HKS_POLL_INTERVAL", flags.positive_number,
         "seconds between looks for a queued trial (randomised below this)")
-    reserve_timeout: float | None = utils.setting(
-        None, "--reserve-timeout", "HKS_RESERVE_TIMEOUT", utils.seconds_or_forever,
+    reserve_timeout: float | None = flags.setting(
+        None, "--reserve-timeout", "HKS_RESERVE_TIMEOUT", flags.seconds_or_forever,
         "exit after this many seconds without a queued trial (0: wait forever)")
-    last_job_timeout: float | None = utils.setting(
-        None, "--last-job-timeout", "HKS_LAST_JOB_TIMEOUT", utils.seconds_or_forever,
+    last_job_timeout: float | None = flags.setting(
+        None, "--last-job-timeout", "HKS_LAST_JOB_TIMEOUT", flags.seconds_or_forever,
         "take no new trial once this many seconds have passed")
-    max_consecutive_failures: int = utils.setting(
-        4, "--max-consecutive-failures", "HKS_MAX_CONSECUTIVE_FAILURES", utils.positive_int,
+    max_consecutive_failures: int = flags.setting(
+        4, "--max-consecutive-failures", "HKS_MAX_CONSECUTIVE_FAILURES", flags.positive_int,
         "exit after this many trials in a row could not run")
-    max_jobs: int | None = utils.setting(
-        None, "--max-jobs", "HKS_MAX_JOBS", utils.positive_int,
+    max_jobs: int | None = flags.setting(
+        None, "--max-jobs", "HKS_MAX_JOBS", flags.positive_int,
         "exit after running this many trials (default: no limit)")
-    workdir: str | None = utils.setting(
+    workdir: str | None = flags.setting(
         None, "--workdir", "HKS_WORKDIR", str,
         "folder trials run in (TensorBoard/ and weights/ land there; default: the "
         "current folder)")
-    dataset: str | None = utils.setting(
-        None, "--dataset", "HKS_DATASET", utils.dataset_spec,
+    dataset: str | None = flags.setting(
+        None, "--dataset", "HKS_DATASET", flags.dataset_spec,
         "the data set this worker trains on (default: the one the driver names). For a "
         "folder of images, its path on this machine; a trial of another data set is "
         "refused (the trial gets the error) and the worker exits")
-    heartbeat: float = utils.setting(
-        10.0, "--heartbeat", "HKS_HEARTBEAT", utils.positive_number,
+    heartbeat: float = flags.setting(
+        10.0, "--heartbeat", "HKS_HEARTBEAT", flags.positive_number,
         "seconds between the worker's signs of life for its running trial")
     outage_grace: float = outage_setting()
 
@@ -356,7 +357,7 @@ def queue_and_follow(search, driver, objective, space, warm_start, seen=None):
     # What shapes a trial travels to the workers inside the pickled objective:
     # the trial's settings only, never the address (and its password).
     on_worker = functools.partial(worker_objective, objective,
-                                  utils.subset(utils.TrialSettings, search))
+                                  flags.subset(flags.TrialSettings, search))
     follow = follow_workers(search, driver, trials, seen)
     try:
         follow(trials)  # on resume, the search may have ended already

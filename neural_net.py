@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import dataset
+import flags
 import pruning
 import utils
 from dataset import DatasetError, load_cifar100  # noqa: F401  (kept here for older scripts)
@@ -113,17 +114,11 @@ def build_model(hype_space, precision="float32", image_size=dataset.IMAGE_SIZE,
                 nb_classes=dataset.NB_CLASSES_FINE, nb_groups=dataset.NB_CLASSES_COARSE):
     """The compiled CNN that `hype_space` describes, for RGB images of
     `image_size` px: a fine head of `nb_classes` and, unless `nb_groups` is
-    None, a coarse head (the defaults are CIFAR-100's; `**shape_of(info)`
+    None, a coarse head (the defaults are CIFAR-100's; `**dataset.model_shape(info)`
     gives a data set's). With a mixed `precision` the layers compute in 16
     bits and keep float32 weights; the softmax heads stay float32 either way."""
     with dtype_policy(resolve_precision(precision)):
         return build_layers_and_compile(hype_space, image_size, nb_classes, nb_groups)
-
-
-def shape_of(info):
-    """build_model's image size and heads for a data set's info (dataset.py)."""
-    return {"image_size": info["image_size"], "nb_classes": info["nb_classes"],
-            "nb_groups": info["nb_groups"]}
 
 
 def build_layers_and_compile(hype_space, image_size, nb_classes, nb_groups):
@@ -217,7 +212,7 @@ def gpu_compute_capability():
 def device_line():
     """One line saying where trials train, worked out where they train (a
     trial process sends it with its "ready") and said once per process
-    (dataset.say_once, from trial_process). Under JAX the devices are not
+    (utils.say_once, from trial_process). Under JAX the devices are not
     opened just to say this (JAX takes most of a GPU's memory in the first
     process that opens it): a GPU needs JAX's CUDA plugin and an NVIDIA driver."""
     if keras.backend.backend() == "jax":
@@ -400,7 +395,7 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
                     config=None, histogram_freq=0, called_at=None, data_notices=True,
                     earlier=None, stop_when=None):
     """Build the model of `hype_space`, train it and return `(model,
-    model_name, result)`. `config` is a utils.TrialSettings (default: from the
+    model_name, result)`. `config` is a flags.TrialSettings (default: from the
     environment variables). A loss that turns NaN/inf ends the trial as
     failed. `histogram_freq` N > 0 also logs weight histograms every N epochs
     to TensorBoard. `called_at` (a time.time() stamp, default now) is when the
@@ -411,12 +406,12 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
     `stop_when()` true at the end of an epoch stops training there (a trial
     taken away from its MongoDB worker)."""
     called_at = called_at or time.time()
-    config = config or utils.read_settings(utils.TrialSettings)
+    config = config or flags.read_settings(flags.TrialSettings)
     train, val, test = dataset.training_data(config, notices=data_notices)
     info = dataset.load_dataset(config, notices=False).info
     uid = uuid.uuid4().hex[:5]
     precision = resolve_precision(config.precision)
-    model = build_model(hype_space, precision, **shape_of(info))
+    model = build_model(hype_space, precision, **dataset.model_shape(info))
     first_step = FirstStepTimer()
     callbacks = [keras.callbacks.TerminateOnNaN(), first_step]
     if stop_when is not None:

@@ -84,7 +84,7 @@ class MedianRule:
 
 
 def rule_of(settings):
-    """The rule that settings' --prune names (a utils.TrialSettings), or None."""
+    """The rule that settings' --prune names (a flags.TrialSettings), or None."""
     if settings.prune == "median":
         return MedianRule(settings.prune_startup, settings.prune_warmup)
     return None

@@ -30,12 +30,14 @@ import signal
 import sys
 from pathlib import Path
 
+import dataset
+import flags
 import utils
 
 # neural_net imports Keras and TensorFlow (seconds): imported once the inputs
 # are known to be good, so mistakes are answered at once.
 
-# The settings it reads, of utils.TrialSettings (KERAS_HOME has no flag); the others keep
+# The settings it reads, of flags.TrialSettings (KERAS_HOME has no flag); the others keep
 # their defaults.
 RETRAIN_OPTIONS = ["epochs", "dataset_size", "data_dir", "results_dir", "val_split", "offline",
                    "keras_home", "dataset", "test_split", "image_size", "cache_dir"]
@@ -47,11 +49,11 @@ class RetrainError(Exception):
 
 
 def build_parser():
-    parser = utils.OneLineErrorParser(
+    parser = flags.OneLineErrorParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="A flag wins over its environment variable. DATASET_SIZE only counts "
                "when CODE_TESTING=1 is set too.")
-    utils.add_options(parser, utils.TrialSettings, only=RETRAIN_OPTIONS)
+    flags.add_options(parser, flags.TrialSettings, only=RETRAIN_OPTIONS)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--result", metavar="FILE",
                        help="retrain the space of this result JSON instead of the best "
@@ -98,8 +100,8 @@ def choose_hyperspace(args, config):
 def result_data_set(config, result, args, environ=None):
     """The settings with the data set `result` was trained on, unless
     --dataset (or HKS_DATASET) chose one."""
-    if result is None or not result.get("dataset") or utils.chosen(
-            utils.TrialSettings, "dataset", args, environ):
+    if result is None or not result.get("dataset") or flags.chosen(
+            flags.TrialSettings, "dataset", args, environ):
         return config
     return dataclasses.replace(config, dataset=result["dataset"],
                                image_size=result.get("image_size") or config.image_size)
@@ -120,10 +122,9 @@ def show_model(neural_net, hype_space, shape):
 
 def retrain(hype_space, config):
     """Train with TensorBoard and best-weights saving; the result and its files."""
-    import dataset
     import neural_net
     info = dataset.load_dataset(config).info
-    show_model(neural_net, hype_space, neural_net.shape_of(info))
+    show_model(neural_net, hype_space, dataset.model_shape(info))
     _, model_name, result = neural_net.build_and_train(
         hype_space, save_best_weights=True, log_for_tensorboard=True, config=config,
         histogram_freq=HISTOGRAM_FREQ)
@@ -159,7 +160,7 @@ def report(result, weights, space_file, logs):
 
 def main(argv=None):
     parser = build_parser()
-    args, (config,) = utils.parse_or_exit(parser, [utils.TrialSettings], argv,
+    args, (config,) = flags.parse_or_exit(parser, [flags.TrialSettings], argv,
                                           only=RETRAIN_OPTIONS)
     try:
         hype_space, source, result = choose_hyperspace(args, config)

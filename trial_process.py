@@ -84,7 +84,7 @@ def train_here(hype_space, settings, called_at=None, data_notices=True, earlier=
     and where trials train (False in a trial process: its search says them)."""
     import neural_net  # first: it quiets TensorFlow's start-up
     import keras
-    dataset.say_once("device", neural_net.device_line(), data_notices)
+    utils.say_once("device", neural_net.device_line(), data_notices)
     try:
         model, _, result = neural_net.build_and_train(hype_space, config=settings,
                                                       called_at=called_at,
@@ -214,7 +214,7 @@ def receive_result(results):
         kind, payload = results.recv()
         if kind != "ready":
             return kind, payload
-        dataset.say_once("device", payload)
+        utils.say_once("device", payload)
 
 
 def child_main(task_receive, result_send, hear_ctrl_c=True):

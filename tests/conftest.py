@@ -18,8 +18,8 @@ SUPPORT = ROOT / "tests" / "support"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(SUPPORT))
 
-import dataset  # noqa: E402
-import utils  # noqa: E402
+import flags  # noqa: E402
+import synthetic_data  # noqa: E402
 
 N_TRAIN, N_TEST = 400, 100
 
@@ -46,13 +46,13 @@ def hear_ctrl_c():
 def cifar_dir(tmp_path_factory):
     """A folder holding a fake cifar-100-python.tar.gz (400 train, 100 test)."""
     folder = tmp_path_factory.mktemp("ml_req")
-    dataset.write_synthetic_archive(folder / "cifar-100-python.tar.gz", N_TRAIN, N_TEST)
+    synthetic_data.write_synthetic_archive(folder / "cifar-100-python.tar.gz", N_TRAIN, N_TEST)
     return folder
 
 
 @pytest.fixture
 def config(cifar_dir, tmp_path):
-    return utils.SearchSettings(epochs=1, data_dir=str(cifar_dir), offline=True, plots=False,
+    return flags.SearchSettings(epochs=1, data_dir=str(cifar_dir), offline=True, plots=False,
                                 results_dir=str(tmp_path / "results"),
                                 trials_file=str(tmp_path / "results.pkl"),
                                 keras_home=str(tmp_path / "keras_home"))

@@ -48,7 +48,8 @@ ROOT = HERE.parent
 SUPPORT = HERE / "support"
 sys.path[:0] = [str(ROOT), str(SUPPORT)]
 
-import dataset  # noqa: E402
+import flags  # noqa: E402
+import synthetic_data  # noqa: E402
 import utils  # noqa: E402
 
 FULL = {"kills": 20, "max_evals": 24, "worker_kills": 4, "mongo_evals": 16, "reference": True}
@@ -355,13 +356,13 @@ def verdict(local, mongo):
 
 
 def main(argv=None):
-    parser = utils.OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    parser = flags.OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the short form the tests run")
-    parser.add_argument("--kills", type=utils.argparse_type(utils.positive_int),
+    parser.add_argument("--kills", type=flags.argparse_type(flags.positive_int),
                         help=f"kills of the local search (default {FULL['kills']})")
-    parser.add_argument("--max-evals", type=utils.argparse_type(utils.positive_int),
+    parser.add_argument("--max-evals", type=flags.argparse_type(flags.positive_int),
                         help=f"trials of the local search (default {FULL['max_evals']})")
-    parser.add_argument("--seed", type=utils.argparse_type(utils.non_negative_int), default=0,
+    parser.add_argument("--seed", type=flags.argparse_type(flags.non_negative_int), default=0,
                         help="seed of the random moments (default 0)")
     parser.add_argument("--skip-mongo", action="store_true", help="only the local search")
     parser.add_argument("--skip-local", action="store_true", help="only the MongoDB part")
@@ -376,7 +377,7 @@ def main(argv=None):
         work = Path(tmp)
         data_dir = work / "ml_req"
         data_dir.mkdir()
-        dataset.write_synthetic_archive(data_dir / "cifar-100-python.tar.gz", 400, 100)
+        synthetic_data.write_synthetic_archive(data_dir / "cifar-100-python.tar.gz", 400, 100)
         local = None
         if not args.skip_local:
             print(f"Local search: {sizes['kills']} kills, --max-evals {sizes['max_evals']} ...",

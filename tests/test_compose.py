@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import flags
 import mongo_search
-import utils
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "local_infra"
@@ -357,14 +357,14 @@ def test_env_example_password_is_a_placeholder_to_change():
     assert value and "change" in (value + " ".join(paragraph)).lower()
 
 
-DRIVER_SETTINGS = (utils.SearchSettings, mongo_search.DriverSettings)
+DRIVER_SETTINGS = (flags.SearchSettings, mongo_search.DriverSettings)
 WORKER_SETTINGS = (mongo_search.WorkerSettings,)
 
 
 def option_env_vars(kinds):
     """{environment variable: (settings class, field name)} of these settings classes."""
     return {option.env: (kind, name) for kind in kinds
-            for name, option in utils.options_of(kind).items()}
+            for name, option in flags.options_of(kind).items()}
 
 
 MONGO_PARTS = {"MONGO_DB_HOST", "MONGO_DB_PORT", "MONGO_DB_NAME", "MONGO_DB_USER",
@@ -394,8 +394,8 @@ def test_compose_defaults_are_the_programs_defaults(compose, services):
             variable = match.group("braced") or match.group("bare")
             if key in by_var and defaults.get(variable):
                 kind, name = by_var[key]
-                parse = utils.options_of(kind)[name].parse
-                assert parse(defaults[variable]) == utils.defaults_of(kind)[name], key
+                parse = flags.options_of(kind)[name].parse
+                assert parse(defaults[variable]) == flags.defaults_of(kind)[name], key
                 checked += 1
     assert checked >= 5
     assert defaults["MONGO_DB_NAME"] == mongo_search.MONGO_DEFAULT_DB

@@ -12,29 +12,31 @@ import tarfile
 import numpy as np
 import pytest
 
+import cifar_archives
 import dataset
+import flags
 import neural_net
-import utils
+import synthetic_data
 from conftest import N_TEST, N_TRAIN
 
 
 def load(folder, tmp_path, **config):
     dataset.unload_cifar100()
-    cfg = utils.SearchSettings(data_dir=str(folder), offline=True,
+    cfg = flags.SearchSettings(data_dir=str(folder), offline=True,
                        keras_home=str(tmp_path / "keras_home"), **config)
     return neural_net.load_cifar100(config=cfg)
 
 
 def make_official(monkeypatch, digest):
     """Take an archive with this SHA-256 for the official CIFAR-100 one."""
-    monkeypatch.setitem(dataset.ARCHIVES, "cifar100", dataclasses.replace(
-        dataset.ARCHIVES["cifar100"], sha256=digest))
+    monkeypatch.setitem(cifar_archives.ARCHIVES, "cifar100", dataclasses.replace(
+        cifar_archives.ARCHIVES["cifar100"], sha256=digest))
 
 
 def known_split(n_images):
     """A split whose image 1 has a different, known value in every pixel."""
     rng = np.random.default_rng(1)
-    split = dataset.synthetic_split(n_images, rng, "known")
+    split = synthetic_data.synthetic_split(n_images, rng, "known")
     split[b"data"][1] = (np.arange(3072) * 7 % 256).astype(np.uint8)
     return split
 
@@ -52,7 +54,7 @@ def test_loads_real_format_with_both_label_sets(cifar_dir, tmp_path):
 
 def test_channel_first_rows_become_channel_last_images_pixel_by_pixel(tmp_path):
     split = known_split(10)
-    archive = dataset.write_synthetic_archive(
+    archive = synthetic_data.write_synthetic_archive(
         tmp_path / "cifar-100-python.tar.gz",
         members={"train": pickle.dumps(split, protocol=2)})
     (x, _, _), _ = load(tmp_path, tmp_path)
@@ -66,7 +68,7 @@ def test_channel_first_rows_become_channel_last_images_pixel_by_pixel(tmp_path):
 
 def test_str_keys_are_accepted(tmp_path):
     split = {k.decode(): v for k, v in known_split(10).items()}
-    dataset.write_synthetic_archive(tmp_path / "cifar-100-python.tar.gz",
+    synthetic_data.write_synthetic_archive(tmp_path / "cifar-100-python.tar.gz",
                                 members={"train": pickle.dumps(split, protocol=2)})
     (x, yf, _), _ = load(tmp_path, tmp_path)
     assert x.shape == (10, 32, 32, 3) and len(yf) == 10
@@ -94,19 +96,19 @@ def test_missing_archive_offline_says_where_to_put_it(tmp_path):
         load(tmp_path, tmp_path)
     message = str(err.value)
     assert "cifar-100-python.tar.gz" in message and str(tmp_path) in message
-    assert dataset.CIFAR100_URL in message
+    assert cifar_archives.CIFAR100_URL in message
 
 
 def test_failed_download_gives_one_clear_error(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("Name or service not known")
-    monkeypatch.setattr(dataset.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(cifar_archives.urllib.request, "urlopen", no_network)
     with pytest.raises(neural_net.DatasetError) as err:
         dataset.unload_cifar100()
-        neural_net.load_cifar100(config=utils.SearchSettings(
+        neural_net.load_cifar100(config=flags.SearchSettings(
             data_dir=str(tmp_path), keras_home=str(tmp_path / "kh")))
     assert "download failed" in str(err.value) and "Name or service" in str(err.value)
-    assert dataset.CIFAR100_URL in str(err.value)
+    assert cifar_archives.CIFAR100_URL in str(err.value)
 
 
 def test_unofficial_archive_gets_a_one_line_notice(cifar_dir, tmp_path, capsys):
@@ -118,7 +120,7 @@ def test_unofficial_archive_gets_a_one_line_notice(cifar_dir, tmp_path, capsys):
 
 def test_official_archive_is_recognised(cifar_dir, tmp_path, capsys, monkeypatch):
     shutil.copy(cifar_dir / "cifar-100-python.tar.gz", tmp_path)
-    digest = dataset.sha256_of(tmp_path / "cifar-100-python.tar.gz")
+    digest = cifar_archives.sha256_of(tmp_path / "cifar-100-python.tar.gz")
     make_official(monkeypatch, digest)
     load(tmp_path, tmp_path)
     assert "is the official archive" in capsys.readouterr().out
@@ -134,7 +136,7 @@ def test_decoded_cache_still_says_whether_the_archive_is_official(cifar_dir, tmp
 
 
 def test_decoded_cache_is_written_reused_and_invalidated(tmp_path, monkeypatch):
-    archive = dataset.write_synthetic_archive(tmp_path / "cifar-100-python.tar.gz", 20, 5, seed=3)
+    archive = synthetic_data.write_synthetic_archive(tmp_path / "cifar-100-python.tar.gz", 20, 5, seed=3)
     first = load(tmp_path, tmp_path)
     cache = tmp_path / "cifar-100-python.decoded.npz"
     assert cache.exists()
@@ -142,17 +144,17 @@ def test_decoded_cache_is_written_reused_and_invalidated(tmp_path, monkeypatch):
     def must_not_decode(*args):
         raise AssertionError("decoded the archive although the cache is fresh")
     with monkeypatch.context() as m:
-        m.setattr(dataset, "read_archive_members", must_not_decode)
+        m.setattr(cifar_archives, "read_archive_members", must_not_decode)
         again = load(tmp_path, tmp_path)
     np.testing.assert_array_equal(first[0][0], again[0][0])
 
-    dataset.write_synthetic_archive(archive, 30, 5, seed=4)  # the archive changes
+    synthetic_data.write_synthetic_archive(archive, 30, 5, seed=4)  # the archive changes
     changed = load(tmp_path, tmp_path)
     assert len(changed[0][0]) == 30
 
 
 def test_decoded_once_per_process(cifar_dir, tmp_path):
-    cfg = utils.SearchSettings(data_dir=str(cifar_dir), offline=True)
+    cfg = flags.SearchSettings(data_dir=str(cifar_dir), offline=True)
     dataset.unload_cifar100()
     first, again = neural_net.load_cifar100(config=cfg), neural_net.load_cifar100(config=cfg)
     assert first[0][0] is again[0][0] and first[1][0] is again[1][0]
@@ -173,7 +175,7 @@ def test_val_split_holds_out_part_of_train(config):
 
 
 def broken(tmp_path, **members):
-    return dataset.write_synthetic_archive(tmp_path / "cifar-100-python.tar.gz", 10, 5,
+    return synthetic_data.write_synthetic_archive(tmp_path / "cifar-100-python.tar.gz", 10, 5,
                                        members=members)
 
 
@@ -236,10 +238,10 @@ def test_download_lands_in_keras_cache_checked_against_the_official_sha256(
         cifar_dir, tmp_path, monkeypatch, capsys):
     payload = (cifar_dir / "cifar-100-python.tar.gz").read_bytes()
     make_official(monkeypatch, hashlib.sha256(payload).hexdigest())
-    monkeypatch.setattr(dataset.urllib.request, "urlopen",
+    monkeypatch.setattr(cifar_archives.urllib.request, "urlopen",
                         lambda url, timeout: FakeResponse(payload))
     dataset.unload_cifar100()
-    (x, _, _), _ = dataset.load_cifar100(config=utils.SearchSettings(
+    (x, _, _), _ = dataset.load_cifar100(config=flags.SearchSettings(
         data_dir=str(tmp_path), keras_home=str(tmp_path / "kh")))
     assert x.shape == (N_TRAIN, 32, 32, 3)
     archive = tmp_path / "kh" / "datasets" / "cifar-100-python.tar.gz"
@@ -249,11 +251,11 @@ def test_download_lands_in_keras_cache_checked_against_the_official_sha256(
 
 
 def test_a_download_that_is_not_the_official_archive_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(dataset.urllib.request, "urlopen",
+    monkeypatch.setattr(cifar_archives.urllib.request, "urlopen",
                         lambda url, timeout: FakeResponse(b"<html>captive portal</html>"))
     dataset.unload_cifar100()
     with pytest.raises(dataset.DatasetError, match="not the official archive's"):
-        dataset.load_cifar100(config=utils.SearchSettings(
+        dataset.load_cifar100(config=flags.SearchSettings(
             data_dir=str(tmp_path), keras_home=str(tmp_path / "kh")))
     assert list((tmp_path / "kh" / "datasets").iterdir()) == []
 
@@ -261,10 +263,10 @@ def test_a_download_that_is_not_the_official_archive_leaves_nothing(tmp_path, mo
 def test_a_connection_dropped_mid_download_is_one_clear_error(tmp_path, monkeypatch):
     def dropped(url, timeout):
         raise http.client.IncompleteRead(b"partial")
-    monkeypatch.setattr(dataset.urllib.request, "urlopen", dropped)
+    monkeypatch.setattr(cifar_archives.urllib.request, "urlopen", dropped)
     dataset.unload_cifar100()
     with pytest.raises(dataset.DatasetError, match="download failed .*IncompleteRead"):
-        dataset.load_cifar100(config=utils.SearchSettings(
+        dataset.load_cifar100(config=flags.SearchSettings(
             data_dir=str(tmp_path), keras_home=str(tmp_path / "kh")))
 
 
@@ -273,10 +275,10 @@ def test_the_learnable_synthetic_archive_can_be_learned_and_the_plain_one_cannot
     label's images share a template, so the nearest class mean of the
     training images names most test labels; random pixels name about 1%."""
     def nearest_mean_accuracy(folder, learnable):
-        dataset.write_synthetic_archive(folder / "cifar-100-python.tar.gz", 2000, 200,
+        synthetic_data.write_synthetic_archive(folder / "cifar-100-python.tar.gz", 2000, 200,
                                         learnable=learnable)
         (x, fine, _), (x_test, fine_test, _) = dataset.load_cifar100(
-            config=utils.MachineSettings(data_dir=str(folder), offline=True), notices=False)
+            config=flags.MachineSettings(data_dir=str(folder), offline=True), notices=False)
         flat = x.reshape(len(x), -1).astype(np.float32)
         means = np.stack([flat[fine == label].mean(axis=0) for label in range(100)])
         test = x_test.reshape(len(x_test), -1).astype(np.float32)

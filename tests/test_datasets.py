@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import cifar_archives
 import dataset
+import flags
+import image_folders
 import neural_net
 import utils
 from conftest import TINY_HYPE_SPACE
@@ -25,14 +28,14 @@ from test_model import BRANCHES
 def fresh_loader():
     """Each test decodes afresh and hears the notices that are said once."""
     dataset.unload()
-    dataset._said.clear()
+    utils._said.clear()
     yield
     dataset.unload()
     keras.backend.clear_session()
 
 
 def settings(name, tmp_path, **more):
-    return utils.TrialSettings(dataset=str(name), cache_dir=str(tmp_path / "cache"),
+    return flags.TrialSettings(dataset=str(name), cache_dir=str(tmp_path / "cache"),
                                keras_home=str(tmp_path / "keras_home"), offline=True,
                                epochs=1, **more)
 
@@ -73,13 +76,13 @@ def test_cifar10_rows_become_images_pixel_by_pixel(tmp_path):
 
 def test_official_cifar10_archive_is_recognised_and_decoded_once(tmp_path, capsys, monkeypatch):
     archive = write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz")
-    monkeypatch.setitem(dataset.ARCHIVES, "cifar10", dataclasses.replace(
-        dataset.ARCHIVES["cifar10"], sha256=dataset.sha256_of(archive)))
+    monkeypatch.setitem(cifar_archives.ARCHIVES, "cifar10", dataclasses.replace(
+        cifar_archives.ARCHIVES["cifar10"], sha256=cifar_archives.sha256_of(archive)))
     config = settings("cifar10", tmp_path, data_dir=str(tmp_path))
     dataset.load_dataset(config)
     assert "CIFAR-10: " in capsys.readouterr().out
     dataset.unload()
-    monkeypatch.setattr(dataset, "read_archive_members", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr(cifar_archives, "read_archive_members", lambda *a: pytest.fail("decoded again"))
     again = dataset.load_dataset(config)
     out = capsys.readouterr().out
     assert "is the official archive" in out and "decoded copy" in out
@@ -104,7 +107,7 @@ def test_missing_cifar10_says_where_to_put_it(tmp_path):
         dataset.load_dataset(settings("cifar10", tmp_path, data_dir=str(tmp_path)))
     message = str(err.value)
     assert "CIFAR-10 not found" in message and "cifar-10-python.tar.gz" in message
-    assert dataset.CIFAR10_URL in message and str(tmp_path) in message
+    assert cifar_archives.CIFAR10_URL in message and str(tmp_path) in message
 
 
 def test_a_cifar10_archive_without_a_batch_names_it(tmp_path):
@@ -189,13 +192,13 @@ def test_the_cache_is_outside_the_folder_reused_and_redone_when_files_change(
     caches = list((tmp_path / "cache").glob("images-*-32px.npz"))
     assert len(caches) == 1
     dataset.unload()
-    real_decode = dataset.decode_image
-    monkeypatch.setattr(dataset, "decode_image", lambda *a: pytest.fail("decoded again"))
+    real_decode = image_folders.decode_image
+    monkeypatch.setattr(image_folders, "decode_image", lambda *a: pytest.fail("decoded again"))
     again = dataset.load_dataset(config)
     np.testing.assert_array_equal(first.train[0], again.train[0])
     assert "decoded copy" in capsys.readouterr().out
 
-    monkeypatch.setattr(dataset, "decode_image", real_decode)
+    monkeypatch.setattr(image_folders, "decode_image", real_decode)
     dataset.unload()
     shutil.copy(next((root / "a").iterdir()), root / "a" / "added.png")  # a file more
     loaded = dataset.load_dataset(config)
@@ -204,7 +207,7 @@ def test_the_cache_is_outside_the_folder_reused_and_redone_when_files_change(
     target = next((root / "b").glob("*.png"))
     os.utime(target, ns=(1, 1))  # the same files, one touched
     calls = []
-    monkeypatch.setattr(dataset, "decode_image", lambda *a: calls.append(a) or real_decode(*a))
+    monkeypatch.setattr(image_folders, "decode_image", lambda *a: calls.append(a) or real_decode(*a))
     dataset.load_dataset(config)
     assert len(calls) == 11
     dataset.unload()
@@ -295,16 +298,16 @@ def test_identity_of_results_and_of_settings(tmp_path):
 
 
 def test_dataset_flags_and_variables():
-    config = utils.read_settings(utils.TrialSettings, environ={
+    config = flags.read_settings(flags.TrialSettings, environ={
         "HKS_DATASET": "CIFAR10", "HKS_IMAGE_SIZE": "48", "HKS_TEST_SPLIT": "0.3"})
     assert (config.dataset, config.image_size, config.test_split) == ("cifar10", 48, 0.3)
-    assert utils.read_settings(utils.TrialSettings, environ={}).dataset == "cifar100"
-    with pytest.raises(utils.UsageError, match="HKS_IMAGE_SIZE: '4' must be at least 8"):
-        utils.read_settings(utils.TrialSettings, environ={"HKS_IMAGE_SIZE": "4"})
-    with pytest.raises(utils.UsageError, match="--test-split: '1' must be at least 0 and below 1"):
+    assert flags.read_settings(flags.TrialSettings, environ={}).dataset == "cifar100"
+    with pytest.raises(flags.UsageError, match="HKS_IMAGE_SIZE: '4' must be at least 8"):
+        flags.read_settings(flags.TrialSettings, environ={"HKS_IMAGE_SIZE": "4"})
+    with pytest.raises(flags.UsageError, match="--test-split: '1' must be at least 0 and below 1"):
         args = type("Args", (), {"test_split": "1"})()
-        utils.read_settings(utils.TrialSettings, args=args, environ={})
-    cache = utils.read_settings(utils.TrialSettings, environ={"XDG_CACHE_HOME": "/x"}).cache_dir
+        flags.read_settings(flags.TrialSettings, args=args, environ={})
+    cache = flags.read_settings(flags.TrialSettings, environ={"XDG_CACHE_HOME": "/x"}).cache_dir
     assert cache == "/x/hyperopt-keras-sample"
 
 

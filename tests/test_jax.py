@@ -18,13 +18,13 @@ pytestmark = [pytest.mark.slow,
 TRAIN_ONE = """
 import json, sys
 sys.path[:0] = [{root!r}]
-import keras, neural_net, utils
+import flags, keras, neural_net, utils
 space = json.loads({space!r})
 # One model through batch normalisation, a residual block and elu, with two
 # heads on a two-level folder of images at 40 px, pruned at the first epoch
 # by the median of a perfect earlier trial:
 space = dict(space, residual=1.0, use_BN=True, activation="elu")
-config = utils.TrialSettings(epochs=2, dataset={folder!r}, image_size=40, cache_dir={cache!r},
+config = flags.TrialSettings(epochs=2, dataset={folder!r}, image_size=40, cache_dir={cache!r},
                              prune_startup=1, prune_warmup=0)
 model, name, result = neural_net.build_and_train(space, config=config, earlier=[[1.0, 1.0]])
 print("RESULT", json.dumps({{"backend": keras.backend.backend(), "status": result["status"],

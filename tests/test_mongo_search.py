@@ -518,15 +518,15 @@ def test_workers_train_a_folder_data_set_and_refuse_another(tmp_path, mongo_url,
 
 
 def test_a_driver_refuses_an_experiment_of_another_data_set(tmp_path, mongo_db):
+    import flags
     import mongo_search
-    import utils
     from image_sets import write_folder
     write_folder(tmp_path / "flowers", ["rose", "tulip"], per_class=1)
-    folder = utils.SearchSettings(dataset=str(tmp_path / "flowers"))
+    folder = flags.SearchSettings(dataset=str(tmp_path / "flowers"))
     mongo_search.check_data_set(mongo_db, "exp", folder)
     mongo_search.check_data_set(mongo_db, "exp", folder)  # the same again: goes on
     assert mongo_db.hks_data_sets.find_one({"_id": "exp"})["identity"] == ["flowers", 32, 2, None]
     with pytest.raises(mongo_search.DataSetMismatch, match="experiment 'exp' holds trials run "
                        r"on flowers \(2 classes, 32 px\), not on cifar10 \(10 classes, 32 px\)"):
-        mongo_search.check_data_set(mongo_db, "exp", utils.SearchSettings(dataset="cifar10"))
-    mongo_search.check_data_set(mongo_db, "other", utils.SearchSettings(dataset="cifar10"))
+        mongo_search.check_data_set(mongo_db, "exp", flags.SearchSettings(dataset="cifar10"))
+    mongo_search.check_data_set(mongo_db, "other", flags.SearchSettings(dataset="cifar10"))

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 import analyze_results
+import flags
 import hyperopt_optimize
 import pruning
 import utils
@@ -280,7 +281,7 @@ def test_the_replay_on_the_original_results_gives_the_readme_figures(tmp_path, m
     assert analyze_results.main(["--results-dir", str(ORIGINAL_RESULTS), "--out-dir",
                                  str(tmp_path), "--replay-pruning"]) == 0
     figures = json.loads((tmp_path / analyze_results.REPLAY_JSON).read_text())
-    defaults = utils.defaults_of(utils.TrialSettings)
+    defaults = flags.defaults_of(flags.TrialSettings)
     assert figures["rule"] == {"name": "median", "startup": defaults["prune_startup"],
                                "warmup": defaults["prune_warmup"]}
     assert figures["trials"] == 42 and figures["orders"] == 500 and figures["epochs_full"] == 4200
@@ -314,9 +315,9 @@ def test_the_replay_follows_the_flags_and_needs_two_complete_curves(tmp_path, ca
 
 
 def test_bad_replay_flags_exit_2(capsys):
-    for flags in (["--orders", "0"], ["--prune-startup", "none"]):
+    for bad in (["--orders", "0"], ["--prune-startup", "none"]):
         with pytest.raises(SystemExit) as stop:
-            analyze_results.main(["--replay-pruning", *flags])
+            analyze_results.main(["--replay-pruning", *bad])
         assert stop.value.code == 2
     assert "--orders: '0' must be at least 1" in capsys.readouterr().err
 

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 import retrain_best_with_tensorboard as retrain_script
+import flags
 import utils
 from conftest import ROOT, TINY_HYPE_SPACE
 
@@ -155,7 +156,7 @@ def test_original_best_is_the_fallback_without_results(tmp_path):
     import hyperopt_optimize
     args = retrain_script.build_parser().parse_args(
         ["--original-best", "--results-dir", str(tmp_path)])
-    config = utils.read_settings(utils.TrialSettings, args, environ={},
+    config = flags.read_settings(flags.TrialSettings, args, environ={},
                                  only=retrain_script.RETRAIN_OPTIONS)
     space, source, result = retrain_script.choose_hyperspace(args, config)
     assert space == hyperopt_optimize.SPACE_BEST_ORIGINAL and "original" in source

@@ -105,7 +105,7 @@ def test_memory_of_the_search_process_stays_flat(config, tiny_search_space, monk
         rss.append(process.memory_info().rss / 2**20)
         return result
 
-    monkeypatch.setattr(dataset, "_said", set())  # nothing said yet in this process
+    monkeypatch.setattr(utils, "_said", set())  # nothing said yet in this process
     started = []
     start = trial_process.start
     monkeypatch.setattr(trial_process, "start", lambda: started.append(1) or start())

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import flags
 import mongo_search
 import utils
 
@@ -22,8 +23,8 @@ def parse(argv, environ):
     import hyperopt_optimize
     import mongo_search
     args = hyperopt_optimize.build_parser().parse_args(argv)
-    search = utils.read_settings(utils.SearchSettings, args, environ)
-    driver = utils.read_settings(mongo_search.DriverSettings, args, environ)
+    search = flags.read_settings(flags.SearchSettings, args, environ)
+    driver = flags.read_settings(mongo_search.DriverSettings, args, environ)
     return types.SimpleNamespace(**vars(search), **vars(driver))
 
 
@@ -61,7 +62,7 @@ def test_dataset_size_variable_needs_code_testing():
     (["--precision", "float16"], {}, "--precision: 'float16' is not one of auto, float32"),
 ])
 def test_bad_values_are_refused(argv, environ, expected):
-    with pytest.raises(utils.UsageError) as err:
+    with pytest.raises(flags.UsageError) as err:
         parse(argv, environ)
     assert expected in str(err.value)
 
@@ -97,7 +98,7 @@ def test_mongo_addresses_become_hyperopts_urls(given, expected):
     ("mongodb://u:secret@[::1::2]:1/db", "'mongodb://u:***@[::1::2]:1/db': [::1::2] is not a"),
 ])
 def test_bad_mongo_addresses_say_what_is_wrong(given, reason):
-    with pytest.raises(utils.UsageError, match="--mongo: .*" + re.escape(reason)):
+    with pytest.raises(flags.UsageError, match="--mongo: .*" + re.escape(reason)):
         parse(["--mongo", given], {})
 
 

@@ -7,7 +7,8 @@ import pickle
 import numpy as np
 from PIL import Image
 
-import dataset
+import cifar_archives
+import synthetic_data
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                  "ship", "truck"]
@@ -19,7 +20,7 @@ KINDS = [(".png", "RGB"), (".jpg", "RGB"), (".png", "L"), (".png", "RGBA"), (".g
 def cifar10_batch(n_images, rng, name):
     """One batch as the real files pickle it: bytes keys, `labels` a list,
     N x 3072 uint8 rows (1024 red, 1024 green, 1024 blue values)."""
-    images, labels = dataset.synthetic_images(n_images, 10, 32, rng)
+    images, labels = synthetic_data.synthetic_images(n_images, 10, 32, rng)
     return {b"batch_label": name.encode(), b"labels": [int(v) for v in labels],
             b"data": images.transpose(0, 3, 1, 2).reshape(n_images, 3072),
             b"filenames": [f"{name}_{i}.png".encode() for i in range(n_images)]}
@@ -36,7 +37,7 @@ def write_cifar10_archive(path, per_batch=40, n_test=50, seed=0, members=None):
         {b"label_names": [n.encode() for n in CIFAR10_NAMES], b"num_cases_per_batch": per_batch,
          b"num_vis": 3072}, protocol=2)
     payloads.update(members or {})
-    dataset.write_tar_gz(path, dataset.CIFAR10_FOLDER, payloads)
+    synthetic_data.write_tar_gz(path, cifar_archives.CIFAR10_FOLDER, payloads)
     return path
 
 

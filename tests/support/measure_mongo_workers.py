@@ -24,7 +24,7 @@ SUPPORT = Path(__file__).resolve().parent
 ROOT = SUPPORT.parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-import dataset  # noqa: E402
+import synthetic_data  # noqa: E402
 from conftest import free_port, wait_for_mongo  # noqa: E402
 
 WORKER_START_SECONDS = 15
@@ -59,7 +59,7 @@ def measure(url, db, n_workers, n_trials, work, env):
 def main():
     n_trials = int(sys.argv[1]) if len(sys.argv) > 1 else 6
     work = Path(tempfile.mkdtemp(prefix="hks_measure_"))
-    dataset.write_synthetic_archive(work / "cifar-100-python.tar.gz", 400, 100)
+    synthetic_data.write_synthetic_archive(work / "cifar-100-python.tar.gz", 400, 100)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HKS_", "MONGO_DB_"))}
     env.update(PYTHONPATH=str(SUPPORT), HKS_OFFLINE="1", HKS_HEARTBEAT="1", HKS_POLL_INTERVAL="1",
                TF_CPP_MIN_LOG_LEVEL="3", KERAS_HOME=str(work / "keras_home"))

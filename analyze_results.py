@@ -45,7 +45,6 @@ Exit codes: 0 done (also for a folder without results), 1 missing results
 folder or an output that cannot be written, 2 bad flags.
 """
 
-import io
 import json
 import math
 import sys
@@ -54,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import analysis_plots
 import flags
 import pruning
 import tensorboard_hparams
@@ -66,8 +66,6 @@ TOP_N = 10
 LEADERBOARD_HPARAMS = 6  # hyperparameter columns shown in the leaderboard
 SCATTER_HPARAMS = 10  # hyperparameter columns in the scatter matrix (+ 2 accuracies)
 TIE_SECONDS = 0.1  # result files written closer than this were copied together
-DPI = 80
-PANEL_INCHES = 1.3  # one panel of the scatter matrix
 CSV_NAME = "results.csv"
 SCATTER_PNG = "hyperparameters_scatter_matrix.png"
 HISTORY_PNG = "optimization_history.png"
@@ -277,158 +275,17 @@ def summary_line(frame, ok, skipped):
     return line
 
 
-# ---------------------------------------------------------------- plots ----
-
-def new_figure(width, height):
-    """A matplotlib Figure drawn by Agg. Not registered with pyplot: no global
-    backend is switched for whoever imports this module, and there is nothing
-    to close (the figure goes with its last reference)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    figure = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def save_figure(figure, path):
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    write_output(path, buffer.getvalue())
-
-
-def plot_scatter_matrix(frame, hparams, ok, path):
-    """The lower triangle of a scatter matrix: the SCATTER_HPARAMS encoded
+def scatter_data(frame, hparams, ok):
+    """What the scatter matrix draws: the SCATTER_HPARAMS encoded
     hyperparameters most related to fine accuracy, then the fine and coarse
-    accuracies (so the last two rows show each accuracy against each
-    hyperparameter); histograms on the diagonal; colour = fine accuracy.
-    The upper triangle would only mirror it, at twice the drawing time."""
-    from matplotlib.ticker import MaxNLocator
+    accuracies, one row per successful trial; and the category labels."""
     trials = frame[ok]
     encoded, labels = encode_hyperparameters(trials, hparams)
     fine = trials["fine_best_accuracy"]
     columns = scatter_columns(encoded, fine, SCATTER_HPARAMS)
     data = encoded[columns].assign(fine_best_accuracy=fine,
                                    coarse_best_accuracy=trials["coarse_best_accuracy"])
-    data = data.loc[:, data.notna().any()]
-    n = len(data.columns)
-    figure = new_figure(PANEL_INCHES * n + 1.2, PANEL_INCHES * n + 1.2)
-    grid = figure.add_gridspec(n, n, left=1.0 / figure.get_figwidth(), right=0.98,
-                               bottom=1.1 / figure.get_figheight(), top=0.94,
-                               wspace=0.08, hspace=0.08)
-    limits = {c: axis_limits(data[c], c in labels) for c in data.columns}
-    whole = {c: bool((data[c].dropna() % 1 == 0).all()) for c in data.columns}
-    points = None
-    for i, y_name in enumerate(data.columns):
-        for j, x_name in enumerate(data.columns[:i + 1]):
-            ax = figure.add_subplot(grid[i, j])
-            x, y = data[x_name], data[y_name]
-            if i == j:
-                draw_histogram(ax, x, limits[x_name])
-            else:
-                known = x.notna() & y.notna()  # a conditional's NaN: left out
-                points = ax.scatter(x[known], y[known], c=fine[known], s=12, cmap="viridis",
-                                    vmin=fine.min(), vmax=fine.max(), edgecolors="none")
-            ax.set_xlim(limits[x_name])
-            ax.set_ylim(limits[y_name])
-            for axis, name, outer in ((ax.xaxis, x_name, i == n - 1),
-                                      (ax.yaxis, y_name, j == 0)):
-                if not outer:
-                    axis.set_ticks([])  # ticks on the outer panels only: much faster
-                elif name in labels:
-                    axis.set_ticks(range(len(labels[name])), labels[name])
-                else:
-                    axis.set_major_locator(MaxNLocator(3, integer=whole[name]))
-            if i == n - 1:
-                ax.set_xlabel(x_name, fontsize=7)
-                ax.tick_params(axis="x", labelsize=6, length=2, labelrotation=45)
-            if j == 0:
-                ax.set_ylabel(y_name, fontsize=7)
-                ax.tick_params(axis="y", labelsize=6, length=2)
-    if points is not None:
-        bar = figure.add_axes([0.55, 0.85, 0.4, 0.015])
-        figure.colorbar(points, cax=bar, orientation="horizontal", label="fine accuracy")
-    figure.suptitle(f"{len(trials)} successful trials: the {len(columns)} hyperparameters "
-                    "most related to fine accuracy (|Spearman|)")
-    save_figure(figure, path)
-
-
-def axis_limits(values, categorical):
-    if categorical:
-        return -0.5, values.max() + 0.5
-    low, high = values.min(), values.max()
-    pad = (high - low) * 0.06 or abs(high) * 0.06 or 0.5
-    return low - pad, high + pad
-
-
-def draw_histogram(ax, values, limits):
-    """A histogram drawn in the variable's own range, so that the diagonal
-    panel's y axis shares its row's scale (as pandas' scatter_matrix does)."""
-    values = values.dropna()
-    counts, edges = np.histogram(values, bins=min(10, max(1, values.nunique())),
-                                 range=limits)
-    heights = counts / max(counts.max(), 1) * (limits[1] - limits[0]) * 0.9
-    ax.bar(edges[:-1], heights, width=np.diff(edges), bottom=limits[0], align="edge",
-           color="0.6", edgecolor="white")
-
-
-def plot_history(frame, ok, path, ordered_by_id):
-    """Fine accuracy per trial in order, the running best, failed trials."""
-    figure = new_figure(10, 4.5)
-    ax = figure.subplots()
-    fine = frame["fine_best_accuracy"].where(ok)
-    full, pruned = ok & ~frame["pruned"], ok & frame["pruned"]
-    ax.scatter(frame["trial"][full], fine[full], s=18, label="trial (best epoch)")
-    if pruned.any():
-        ax.scatter(frame["trial"][pruned], fine[pruned], s=18, facecolors="none",
-                   edgecolors="C0", label=f"pruned trial, best before it stopped ({pruned.sum()})")
-    ax.step(frame["trial"], fine.cummax().ffill(), where="post", color="C1",
-            label="best so far")
-    if (~ok).any():
-        ax.scatter(frame["trial"][~ok], np.zeros((~ok).sum()), marker="x", color="red",
-                   s=40, label=f"failed ({(~ok).sum()})")
-    ax.set_xlabel("trial, in the order written" + (
-        " (files copied together: by id)" if ordered_by_id else ""))
-    ax.set_ylabel("fine accuracy")
-    ax.set_title("Optimization history")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best")
-    figure.tight_layout()
-    save_figure(figure, path)
-
-
-def plot_learning_curves(trials, frame, ok, top, path):
-    """Validation fine accuracy per epoch of the top trials; pruned trials
-    end with a cross where they stopped, and those outside the top are drawn
-    in grey behind them."""
-    figure = new_figure(10, 6)
-    ax = figure.subplots()
-    best = frame[ok].sort_values("fine_best_accuracy", ascending=False, kind="stable").head(top)
-    others = frame[ok & frame["pruned"] & ~frame.index.isin(best.index)]
-    for number, (index, row) in enumerate(others.iterrows()):
-        curve = utils.val_fine_curve(trials[index]["result"])
-        if curve:
-            ax.plot(range(1, len(curve) + 1), curve, color="0.75", linewidth=0.8,
-                    label=f"other pruned trials ({len(others)})" if number == 0 else None)
-            ax.plot(len(curve), curve[-1], "x", color="0.6", markersize=5)
-    for index, row in best.iterrows():
-        curve = utils.val_fine_curve(trials[index]["result"])
-        if curve:
-            label = f"{row['fine_best_accuracy']:.4f} {row['model_name']}"
-            lines = ax.plot(range(1, len(curve) + 1), curve, linewidth=1,
-                            label=label + (f" (pruned at {len(curve)})" if row["pruned"] else ""))
-            if row["pruned"]:
-                ax.plot(len(curve), curve[-1], "x", color=lines[0].get_color(), markersize=8)
-    if ax.lines:
-        ax.legend(loc="lower right", fontsize=7)
-    else:
-        ax.text(0.5, 0.5, "no per-epoch history in these results", ha="center",
-                transform=ax.transAxes)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation fine accuracy")
-    ax.set_title(f"Learning curves of the top {len(best)} trials")
-    ax.grid(alpha=0.3)
-    figure.tight_layout()
-    save_figure(figure, path)
+    return data.loc[:, data.notna().any()], labels
 
 
 def write_output(path, data):
@@ -504,37 +361,8 @@ def replay_pruning(trials, rule, orders, seed, out_dir):
     lines = {startup: [pruning.replay(curves, pruning.MedianRule(startup, warmup), orders, seed)
                        for warmup in REPLAY_LINES["warmups"]]
              for startup in REPLAY_LINES["startups"]}
-    plot_replay(figures[0], lines, out_dir / REPLAY_PNG)
+    write_output(out_dir / REPLAY_PNG, analysis_plots.replay(figures[0], lines))
     print(f"Wrote {REPLAY_JSON}, {REPLAY_PNG} in {out_dir}/")
-
-
-def plot_replay(replayed, lines, path):
-    """Epochs saved against the share of orders that kept the full search's
-    best: one line per startup over the warm-ups, and the settings replayed."""
-    figure = new_figure(8, 5.5)
-    ax = figure.subplots()
-
-    def point(f):
-        return f["epochs_saved_fraction"] * 100, f["best_kept_fraction"] * 100
-
-    for number, (startup, figures) in enumerate(lines.items()):
-        xs, ys = zip(*map(point, figures))
-        ax.plot(xs, ys, "o-", color=f"C{number}", markersize=4, label=f"startup {startup}")
-        for f, x, y in zip(figures, xs, ys):
-            ax.annotate(str(f["rule"]["warmup"]), (x, y), textcoords="offset points",
-                        xytext=(3, 3), fontsize=7, color=f"C{number}")
-    x, y = point(replayed)
-    ax.plot(x, y, "*", color="black", markersize=14, label=(
-        f"replayed: startup {replayed['rule']['startup']}, warm-up {replayed['rule']['warmup']}"))
-    ax.axhline(99, color="0.6", linestyle="--", linewidth=0.8)
-    ax.set_xlabel("epochs saved (%)")
-    ax.set_ylabel("orders that kept the full search's best trial (%)")
-    ax.set_title(f"Median stopping replayed on {replayed['trials']} trials in "
-                 f"{replayed['orders']} orders (numbers: warm-up epochs)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
-    figure.tight_layout()
-    save_figure(figure, path)
 
 
 # ------------------------------------------------------------------ main ----
@@ -632,12 +460,14 @@ def analyse(trials, skipped, args):
     write_output(out_dir / CSV_NAME, frame.convert_dtypes().to_csv(index=False))
     written = [CSV_NAME]
     if ok.any():
-        plot_scatter_matrix(frame, hparams, ok, out_dir / SCATTER_PNG)
-        plot_learning_curves(trials, frame, ok, args.top, out_dir / CURVES_PNG)
+        write_output(out_dir / SCATTER_PNG, analysis_plots.scatter_matrix(
+            *scatter_data(frame, hparams, ok)))
+        write_output(out_dir / CURVES_PNG,
+                     analysis_plots.learning_curves(trials, frame, ok, args.top))
         written += [SCATTER_PNG, CURVES_PNG]
     ordered_by_id = any(b["mtime"] - a["mtime"] < TIE_SECONDS
                         for a, b in zip(trials, trials[1:]))
-    plot_history(frame, ok, out_dir / HISTORY_PNG, ordered_by_id)
+    write_output(out_dir / HISTORY_PNG, analysis_plots.history(frame, ok, ordered_by_id))
     written.append(HISTORY_PNG)
     print(f"Wrote {', '.join(written)} in {out_dir}/")
 

@@ -38,6 +38,7 @@ import flags  # noqa: E402
 import image_folders  # noqa: E402
 import mongo_compat  # noqa: E402
 import mongo_search  # noqa: E402
+import mongo_settings  # noqa: E402
 import pruning  # noqa: E402
 import trial_process  # noqa: E402
 import utils  # noqa: E402
@@ -47,7 +48,7 @@ def build_parser():
     parser = flags.OneLineErrorParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="A flag wins over its environment variable.")
-    flags.add_options(parser, mongo_search.WorkerSettings)
+    flags.add_options(parser, mongo_settings.WorkerSettings)
     return parser
 
 
@@ -264,7 +265,7 @@ def run_worker(config, jobs, host_id):
 
 def main(argv=None):
     parser = build_parser()
-    _, (config,) = flags.parse_or_exit(parser, [mongo_search.WorkerSettings], argv)
+    _, (config,) = flags.parse_or_exit(parser, [mongo_settings.WorkerSettings], argv)
     if config.mongo is None:
         parser.error("no MongoDB given: pass --mongo HOST:PORT/DB or set HKS_MONGO or "
                      "MONGO_DB_HOST")
@@ -296,7 +297,7 @@ def main(argv=None):
     host_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:4]}"
     data = own or f"the driver's data set (archives in {machine.data_dir})"
     print(f"Worker {host_id} taking trials of {config.exp_key!r} from "
-          f"{mongo_search.redact(config.mongo)}; data: {data}, results to "
+          f"{mongo_settings.redact(config.mongo)}; data: {data}, results to "
           f"{machine.results_dir}.", flush=True)
     stop = threading.Event()
     threading.Thread(target=keep_alive,

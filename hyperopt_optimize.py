@@ -18,14 +18,12 @@ the experiment.
 import argparse
 import dataclasses
 import functools
-import os
 import pickle
 import signal
 import sys
 import time
 from pathlib import Path
 
-import hyperopt.pyll
 import numpy as np
 from hyperopt import JOB_STATE_DONE, Trials, fmin, hp, tpe
 from hyperopt.exceptions import AllTrialsFailed
@@ -34,10 +32,12 @@ import dataset
 import flags
 import image_folders
 import mongo_search
+import mongo_settings
 import pruning
 import tensorboard_hparams
 import trial_process
 import utils
+import warm_start
 
 # neural_net imports Keras and TensorFlow, which take seconds: functions
 # import it when needed, so --help and bad flags are answered at once.
@@ -251,114 +251,6 @@ def save_finished_trials(trials, done, path):
         utils.atomic_pickle(trials, path)
 
 
-# ------------------------------------------------------- warm start ----
-
-class SpaceMismatch(ValueError):
-    """A stored hyperspace that the current search space cannot have drawn."""
-
-
-def same_value(stored, option):
-    """Equality that does not take True for 1 (use_BN vs nb_conv_pool_layers)."""
-    if isinstance(stored, bool) or isinstance(option, bool):
-        return type(stored) is type(option) and stored == option
-    return stored == option
-
-
-def encode_value(node, value, labels):
-    """Record in `labels` (label -> internal value) what hyperopt must have
-    drawn for `node` to evaluate to `value`: the option's index for hp.choice
-    (and the draws inside the chosen option), the number for the others."""
-    while node.name in ("float", "int"):
-        node = node.pos_args[0]
-    if node.name == "literal":
-        if not same_value(value, node.obj):
-            raise SpaceMismatch(f"{value!r} is not {node.obj!r}")
-        return
-    if node.name == "switch":  # hp.choice(label, options)
-        label = node.pos_args[0].pos_args[0].obj
-        for index, option in enumerate(node.pos_args[1:]):
-            attempt = {}
-            try:
-                encode_value(option, value, attempt)
-            except SpaceMismatch:
-                continue
-            labels.update(attempt, **{label: index})
-            return
-        raise SpaceMismatch(f"{label}: {value!r} is none of its choices")
-    if node.name != "hyperopt_param":
-        raise SpaceMismatch(f"cannot invert a {node.name!r} expression")
-    label, distribution = node.pos_args[0].obj, node.pos_args[1]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpaceMismatch(f"{label}: {value!r} is not a number")
-    bounds = {k: distribution.arg[k].obj for k in ("low", "high") if k in distribution.arg}
-    if distribution.name.endswith("loguniform"):
-        bounds = {k: np.exp(v) for k, v in bounds.items()}
-    q = distribution.arg["q"].obj if "q" in distribution.arg else 0
-    low, high = bounds.get("low", -np.inf) - q, bounds.get("high", np.inf) + q
-    if not low <= value <= high:
-        raise SpaceMismatch(f"{label}: {value!r} is outside the search range")
-    labels[label] = value
-
-
-def misc_of(hype_space, tid):
-    """hyperopt's `misc` for a trial that drew `hype_space`: `vals`/`idxs`
-    hold one value per label the draw used and nothing for unused branches."""
-    labels = {}
-    missing = sorted(set(space) - set(hype_space))
-    if missing:
-        raise SpaceMismatch(f"no value for {', '.join(missing)}")
-    for key, node in space.items():
-        try:
-            encode_value(node, hype_space[key], labels)
-        except SpaceMismatch as err:
-            where = "" if str(err).startswith(f"{key}:") else f"{key}: "
-            raise SpaceMismatch(f"{where}{err}") from None
-    every_label = {node.pos_args[0].obj for node in hyperopt.pyll.dfs(hyperopt.pyll.as_apply(space))
-                   if node.name == "hyperopt_param"}
-    return {"tid": tid, "cmd": ("domain_attachment", "FMinIter_Domain"), "workdir": None,
-            "idxs": {label: [tid] if label in labels else [] for label in every_label},
-            "vals": {label: [labels[label]] if label in labels else [] for label in every_label}}
-
-
-def warm_start(trials, results_dir):
-    """Add the trials of the result files in `results_dir` that `trials` does
-    not hold yet (by model name) as finished trials, so that TPE goes on from
-    them. Files that cannot be read or do not fit the search space are skipped
-    with the reason. Returns the number added."""
-    return add_result_files(trials, utils.result_files(results_dir))
-
-
-def add_result_files(trials, paths):
-    """warm_start for these result files."""
-    known = {t["result"].get("model_name") for t in trials.trials}
-    results = []
-    for path in paths:
-        try:
-            result = utils.load_json_result(path)
-            if result.get("model_name") in known:
-                continue
-            if result.get("status") not in ("ok", "fail"):
-                raise SpaceMismatch(f"status {result.get('status')!r}")
-            if result["status"] == "ok" and not isinstance(result.get("loss"), (int, float)):
-                raise SpaceMismatch("no loss")
-            misc_of(result.get("space") or {}, 0)  # check it fits before taking a trial id
-        except (OSError, ValueError, AttributeError) as err:
-            print(f"warm start: skipped {path}: {err}")
-            continue
-        known.add(result.get("model_name"))
-        results.append(result)
-    if not results:
-        return 0
-    tids = trials.new_trial_ids(len(results))
-    docs = trials.new_trial_docs(tids, [None] * len(results), results,
-                                 [misc_of(r["space"], tid) for r, tid in zip(results, tids)])
-    for doc in docs:
-        doc["state"] = JOB_STATE_DONE
-    trials.insert_trial_docs(docs)
-    trials.refresh()
-    return len(docs)
-
-
 # ------------------------------------------------------ model plots ----
 
 _plots_unavailable = False
@@ -369,9 +261,10 @@ def plot_models(config, demo=True):
     best) with keras.utils.plot_model; warn once if graphviz/pydot is missing."""
     global _plots_unavailable
     import neural_net  # first: it quiets TensorFlow's start-up
+    import device
     import keras
     if not config.in_process:
-        neural_net.keep_off_the_gpu()  # the trial processes need all of it
+        device.keep_off_the_gpu()  # the trial processes need all of it
     best = utils.load_best_hyperspace(config.results_dir) or SPACE_BEST_ORIGINAL
     plots = [(DEMO_PLOT, SPACE_DEMO)] if demo else []
     shape = dataset.model_shape(dataset.identity_keys(config))
@@ -397,17 +290,18 @@ def build_parser():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="A flag wins over its environment variable. DATASET_SIZE only counts "
                "when CODE_TESTING=1 is set too, as in the original scripts.")
-    flags.add_options(parser, flags.SearchSettings, mongo_search.DriverSettings)
+    flags.add_options(parser, flags.SearchSettings, mongo_settings.DriverSettings)
     return parser
 
 
 def main(argv=None):
     _, (config, driver) = flags.parse_or_exit(
-        build_parser(), [flags.SearchSettings, mongo_search.DriverSettings], argv)
+        build_parser(), [flags.SearchSettings, mongo_settings.DriverSettings], argv)
     config = with_absolute_folder(config)
     signal.signal(signal.SIGTERM, utils.raise_interrupt)
     if driver.mongo:  # no data set, no training here
-        return mongo_search.run_driver(config, driver, optimize_cnn, space, warm_start)
+        return mongo_search.run_driver(config, driver, optimize_cnn, space,
+                                       functools.partial(warm_start.warm_start, space=space))
     try:
         if dataset.is_folder(config.dataset):  # a wrong path or layout: said at once
             image_folders.scan_folder(Path(config.dataset))
@@ -444,17 +338,17 @@ def with_absolute_folder(config):
 
 def prepare_trials(config):
     """The results folder and the search's Trials (a broken trials file is
-    refused before any work), with the trials it missed (see take_back) and
+    refused before any work), with the trials it missed (warm_start.take_back) and
     --warm-start's trials added."""
     Path(config.results_dir).mkdir(parents=True, exist_ok=True)
     trials = load_trials(config.trials_file)
-    taken = take_back(trials, config)
+    taken = warm_start.take_back(trials, config, space)
     if taken:
         print(f"Took back {taken} trials whose result file was written after "
               f"{config.trials_file} was last saved (the search stopped between the two).")
         utils.atomic_pickle(trials, config.trials_file)
     if config.warm_start:
-        added = warm_start(trials, config.warm_start)
+        added = warm_start.warm_start(trials, config.warm_start, space)
         print(f"Warm start: added {added} trials from {config.warm_start}/ "
               f"({len(trials.trials)} in the search).")
         if added:
@@ -464,31 +358,6 @@ def prepare_trials(config):
               f"holds {len(utils.result_files(config.results_dir))} result files; to let "
               f"TPE start from them, run again with --warm-start {config.results_dir}")
     return trials
-
-
-def take_back(trials, config):
-    """A search stopped (kill -9) after a trial's result file was written but
-    before the trials file was: add the result files written since the trials
-    file was last saved that it does not hold, so that every result file
-    belongs to a trial and that trial is not trained again. Older files not
-    in the search (another search's) are left to --warm-start. Returns the
-    number added."""
-    path = Path(config.trials_file)
-    if not path.exists():
-        return 0
-    saved_at = path.stat().st_mtime
-    known = {t["result"].get("model_name") for t in trials.trials}
-    unsaved = [name for name in utils.result_files(config.results_dir)
-               if Path(name).name[:-len(utils.RESULT_SUFFIX)] not in known
-               and os.path.getmtime(name) >= saved_at]
-    if len(unsaved) > 1:  # one trial at a time: a kill can leave one file unsaved, not more
-        print(f"note: {len(unsaved)} result files in {config.results_dir}/ are newer than "
-              f"{path} and not in it; a killed search leaves at most one, so they were left "
-              f"alone (to add them: --warm-start {config.results_dir})")
-        return 0
-    for name in unsaved:
-        print(f"taking back {name}: written after {path} was last saved")
-    return add_result_files(trials, unsaved) if unsaved else 0
 
 
 if __name__ == "__main__":

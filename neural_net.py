@@ -10,8 +10,6 @@ comes from dataset.py (`neural_net.load_cifar100` is the same function, for
 older scripts).
 """
 
-import contextlib
-import importlib.util
 import resource
 import shutil
 import sys
@@ -23,17 +21,16 @@ from pathlib import Path
 import numpy as np
 
 import dataset
+import device  # first: it opens TensorFlow's devices with their start-up lines hidden
 import flags
 import pruning
+import training_callbacks
 import utils
 from dataset import DatasetError, load_cifar100  # noqa: F401  (kept here for older scripts)
 
 with utils.startup_noise_filtered():  # TensorFlow's C++ start-up lines, on every import
     import keras
     from keras import layers
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-        _gpus = tf.config.list_physical_devices("GPU")  # CUDA's start-up lines come here
 
 # --- the architecture (multiplied by the hyperspace's *_mult values) ---
 STARTING_L2_REG = 0.0007
@@ -117,7 +114,7 @@ def build_model(hype_space, precision="float32", image_size=dataset.IMAGE_SIZE,
     None, a coarse head (the defaults are CIFAR-100's; `**dataset.model_shape(info)`
     gives a data set's). With a mixed `precision` the layers compute in 16
     bits and keep float32 weights; the softmax heads stay float32 either way."""
-    with dtype_policy(resolve_precision(precision)):
+    with device.dtype_policy(device.resolve_precision(precision)):
         return build_layers_and_compile(hype_space, image_size, nb_classes, nb_groups)
 
 
@@ -176,84 +173,6 @@ def build_layers_and_compile(hype_space, image_size, nb_classes, nb_groups):
         metrics={"fine_outputs": ["accuracy"], "coarse_outputs": ["accuracy"]},
         jit_compile="auto")
     return model
-
-
-# ------------------------------------------------------ the devices ----
-
-def resolve_precision(precision):
-    """The Keras dtype policy for `precision`: "auto" is mixed_bfloat16 on a
-    GPU that computes in bfloat16 (compute capability 8.0 and up: A100, H100),
-    mixed_float16 on an older GPU, float32 on a CPU."""
-    if precision != "auto":
-        return precision
-    capability = gpu_compute_capability()
-    if capability is None:
-        return "float32"
-    return "mixed_bfloat16" if capability >= 8.0 else "mixed_float16"
-
-
-def gpu_compute_capability():
-    """The first GPU's compute capability as a number (9.0), or None."""
-    try:
-        if keras.backend.backend() == "jax":
-            import jax
-            gpus = [d for d in jax.devices() if d.platform == "gpu"]
-            return float(gpus[0].compute_capability) if gpus else None
-        if keras.backend.backend() == "tensorflow":
-            if not _gpus:
-                return None
-            major, minor = tf.config.experimental.get_device_details(_gpus[0])["compute_capability"]
-            return major + minor / 10
-    except Exception:  # no GPU runtime, unknown device: plain float32 is always right
-        return None
-    return None
-
-
-def device_line():
-    """One line saying where trials train, worked out where they train (a
-    trial process sends it with its "ready") and said once per process
-    (utils.say_once, from trial_process). Under JAX the devices are not
-    opened just to say this (JAX takes most of a GPU's memory in the first
-    process that opens it): a GPU needs JAX's CUDA plugin and an NVIDIA driver."""
-    if keras.backend.backend() == "jax":
-        plugin = any(importlib.util.find_spec(f"jax_cuda{v}_plugin") for v in (12, 13))
-        if plugin and Path(utils.NVIDIA_DRIVER).exists():
-            return "Trials train on the GPU (JAX with CUDA)."
-        return "No GPU found: trials train on the CPU."
-    if keras.backend.backend() != "tensorflow":
-        return f"Keras {keras.__version__} on {keras.backend.backend()}: each trial finds its devices."
-    if not _gpus:
-        return "No GPU found: trials train on the CPU."
-    names = ", ".join(tf.config.experimental.get_device_details(g).get("device_name", g.name)
-                      for g in _gpus)
-    return f"Trials train on the GPU: {names}."
-
-
-def keep_off_the_gpu():
-    """Build models in this process on the CPU only (the search process draws
-    models but trains none): TensorFlow and JAX take most of a GPU's memory
-    in the first process that uses it, which would leave the trials' own
-    processes none. Does nothing once this process has used its devices."""
-    try:
-        if keras.backend.backend() == "tensorflow":
-            tf.config.set_visible_devices([], "GPU")
-        elif keras.backend.backend() == "jax":
-            import jax
-            jax.config.update("jax_platforms", "cpu")
-    except (RuntimeError, ValueError):  # devices already initialised: too late, leave them
-        pass
-
-
-@contextlib.contextmanager
-def dtype_policy(name):
-    """Layers built inside compute in `name` (e.g. mixed_bfloat16); the global
-    policy is put back afterwards."""
-    before = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(before)
 
 
 # ------------------------------------------------ the training path ----
@@ -322,73 +241,6 @@ def fit_model(model, train, validation, batch_size, epochs, callbacks=(), verbos
                      callbacks=list(callbacks), verbose=verbose).history
 
 
-class FirstStepTimer(keras.callbacks.Callback):
-    """Notes when the first training step ends (after tracing and compiling)."""
-
-    def __init__(self):
-        super().__init__()
-        self.ended_at = None
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.ended_at is None:
-            self.ended_at = time.time()
-
-
-class StopWhen(keras.callbacks.Callback):
-    """Stops training at the end of an epoch once `asked()` is true."""
-
-    def __init__(self, asked):
-        super().__init__()
-        self.asked = asked
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.asked():
-            self.model.stop_training = True
-
-
-class MedianStopping(keras.callbacks.Callback):
-    """Stops the trial at the end of an epoch when pruning's median rule says
-    it is hopeless. `earlier` is the search's earlier completed curves (a
-    list), or a function returning them (None when it cannot: the last ones
-    are kept), asked again every pruning.REFRESH_EPOCHS epochs (a MongoDB
-    worker's trial, while other workers finish theirs)."""
-
-    def __init__(self, rule, earlier, epochs):
-        super().__init__()
-        self.rule, self.epochs = rule, epochs
-        self.source = earlier if callable(earlier) else None
-        self.thresholds = rule.thresholds([] if self.source else list(earlier), epochs)
-        self.curve, self.pruned_at, self.median = [], None, None
-        self.every, self.next_refresh = pruning.REFRESH_EPOCHS, 0
-        self.refresh(0)
-
-    def refresh(self, epoch):
-        """Read the curves again; after a failed read (each costs MongoDB's
-        timeout), wait twice as many epochs before the next one."""
-        if self.source is None or epoch < self.next_refresh:
-            return
-        curves = self.source()
-        if curves is None:
-            self.every *= 2
-        else:
-            self.thresholds = self.rule.thresholds(curves, self.epochs)
-        self.next_refresh = epoch + self.every
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.curve.append(float((logs or {}).get("val_fine_outputs_accuracy", np.nan)))
-        self.refresh(epoch)
-        if self.rule.below(self.curve, self.thresholds)[-1]:
-            self.pruned_at, self.median = epoch + 1, float(self.thresholds[epoch])
-            self.model.stop_training = True
-
-    def result_keys(self):
-        """What a result says about pruning: `pruned` and, if so, when and why."""
-        if self.pruned_at is None:
-            return {"pruned": False}
-        return {"pruned": True, "pruned_at_epoch": self.pruned_at,
-                "pruned_below_median": self.median}
-
-
 # ------------------------------------------------------- one trial ----
 
 def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=False,
@@ -410,12 +262,12 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
     train, val, test = dataset.training_data(config, notices=data_notices)
     info = dataset.load_dataset(config, notices=False).info
     uid = uuid.uuid4().hex[:5]
-    precision = resolve_precision(config.precision)
+    precision = device.resolve_precision(config.precision)
     model = build_model(hype_space, precision, **dataset.model_shape(info))
-    first_step = FirstStepTimer()
+    first_step = training_callbacks.FirstStepTimer()
     callbacks = [keras.callbacks.TerminateOnNaN(), first_step]
     if stop_when is not None:
-        callbacks.append(StopWhen(stop_when))
+        callbacks.append(training_callbacks.StopWhen(stop_when))
     log_dir = Path(utils.TENSORBOARD_DIR) / uid
     if log_for_tensorboard or config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir),
@@ -427,7 +279,7 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
     rule = pruning.rule_of(config)
     stopping = None
     if rule is not None and earlier is not None:
-        stopping = MedianStopping(rule, earlier, config.epochs)
+        stopping = training_callbacks.MedianStopping(rule, earlier, config.epochs)
         callbacks.append(stopping)
     weights_path = Path(utils.WEIGHTS_DIR) / f"{uid}{utils.WEIGHTS_SUFFIX}"
     if save_best_weights:

@@ -11,7 +11,7 @@ and a trial that ran every epoch counts as completed). NaN values are left
 out on both sides.
 
 One copy of the rule serves both its users: the trials' Keras callback
-(neural_net.MedianStopping, fed with the earlier trials' curves by the search
+(training_callbacks.MedianStopping, fed with the earlier trials' curves by the search
 or, on a MongoDB worker, by `MongoCurves`) and analyze_results.py
 --replay-pruning (`replay`, on the curves stored in result files). Nothing
 here imports Keras.

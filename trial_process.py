@@ -83,8 +83,9 @@ def train_here(hype_space, settings, called_at=None, data_notices=True, earlier=
     neural_net.build_and_train). `data_notices`: say the data set's notices
     and where trials train (False in a trial process: its search says them)."""
     import neural_net  # first: it quiets TensorFlow's start-up
+    import device
     import keras
-    utils.say_once("device", neural_net.device_line(), data_notices)
+    utils.say_once("device", device.device_line(), data_notices)
     try:
         model, _, result = neural_net.build_and_train(hype_space, config=settings,
                                                       called_at=called_at,
@@ -207,7 +208,7 @@ def stop_spare(at_once=False):
 
 def receive_result(results):
     """The trial's ("result" | "dataset_error", payload), after "ready", whose
-    payload (where trials train: neural_net.device_line) is said once per
+    payload (where trials train: device.device_line) is said once per
     process. So the search and the MongoDB worker say it without importing
     TensorFlow."""
     while True:
@@ -225,8 +226,9 @@ def child_main(task_receive, result_send, hear_ctrl_c=True):
     try:
         if hear_ctrl_c:  # ignored by start() until now
             signal.signal(signal.SIGINT, signal.default_int_handler)
-        import neural_net
-        result_send.send(("ready", neural_net.device_line()))
+        import neural_net  # noqa: F401  (Keras and TensorFlow, loaded before the trial)
+        import device
+        result_send.send(("ready", device.device_line()))
         try:
             hype_space, settings, called_at, cwd, earlier = task_receive.recv()
         except EOFError:  # the search ended without needing this process

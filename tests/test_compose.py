@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import flags
-import mongo_search
+import mongo_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "local_infra"
@@ -357,8 +357,8 @@ def test_env_example_password_is_a_placeholder_to_change():
     assert value and "change" in (value + " ".join(paragraph)).lower()
 
 
-DRIVER_SETTINGS = (flags.SearchSettings, mongo_search.DriverSettings)
-WORKER_SETTINGS = (mongo_search.WorkerSettings,)
+DRIVER_SETTINGS = (flags.SearchSettings, mongo_settings.DriverSettings)
+WORKER_SETTINGS = (mongo_settings.WorkerSettings,)
 
 
 def option_env_vars(kinds):
@@ -398,7 +398,7 @@ def test_compose_defaults_are_the_programs_defaults(compose, services):
                 assert parse(defaults[variable]) == flags.defaults_of(kind)[name], key
                 checked += 1
     assert checked >= 5
-    assert defaults["MONGO_DB_NAME"] == mongo_search.MONGO_DEFAULT_DB
+    assert defaults["MONGO_DB_NAME"] == mongo_settings.MONGO_DEFAULT_DB
 
 
 # --- the Dockerfile ---

@@ -19,6 +19,7 @@ import flags
 import image_folders
 import neural_net
 import utils
+import warm_start
 from conftest import TINY_HYPE_SPACE
 from image_sets import CIFAR10_NAMES, write_cifar10_archive, write_folder
 from test_model import BRANCHES
@@ -424,7 +425,7 @@ def test_resuming_trials_of_another_data_set_is_refused(tmp_path):
                                           "not compare")
     old = Trials()  # a trials file of an earlier version: its results are CIFAR-100's
     old.insert_trial_docs(old.new_trial_docs([0], [None], [{"status": "fail"}], [
-        hyperopt_optimize.misc_of(hyperopt_optimize.SPACE_DEMO, 0)]))
+        warm_start.misc_of(hyperopt_optimize.SPACE_DEMO, 0, hyperopt_optimize.space)]))
     old.refresh()
     with pytest.raises(hyperopt_optimize.SearchError, match="run on cifar100 .100 classes in "
                                                             "20 groups, 32 px."):

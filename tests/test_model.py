@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+import device
 import hyperopt_optimize
 import neural_net
 import utils
@@ -185,8 +186,8 @@ def test_mixed_precision_computes_in_16_bits_with_float32_heads(tiny_space):
 
 
 def test_precision_auto_is_float32_without_a_gpu():
-    assert neural_net.resolve_precision("auto") == "float32"
-    assert neural_net.resolve_precision("mixed_float16") == "mixed_float16"
+    assert device.resolve_precision("auto") == "float32"
+    assert device.resolve_precision("mixed_float16") == "mixed_float16"
 
 
 def test_training_batches_are_whole_and_reshuffled_every_epoch():

@@ -212,5 +212,5 @@ def test_without_the_layer_hyperopt_fails_on_pymongo_4(mongo_url):
 
 
 def hyperopt_url(mongo_url):
-    import mongo_search
-    return mongo_search.mongo_url(mongo_url)
+    import mongo_settings
+    return mongo_settings.mongo_url(mongo_url)

@@ -458,13 +458,14 @@ def test_a_slow_worker_cannot_write_over_its_requeued_trial(mongo_url):
 
     import mongo_compat
     import mongo_search
+    import mongo_settings
     from hyperopt.mongoexp import MongoCtrl, MongoTrials, OperationFailure
 
-    jobs = mongo_compat.open_jobs(mongo_search.mongo_url(mongo_url))
+    jobs = mongo_compat.open_jobs(mongo_settings.mongo_url(mongo_url))
     jobs.insert({"exp_key": "exp", "tid": 0, "state": 0, "owner": None, "version": 0,
                  "result": {"status": "new"}, "misc": {"tid": 0}})
     job = jobs.reserve("slow-worker", exp_key="exp")
-    config = mongo_search.DriverSettings(exp_key="exp", stale_after=1.0, max_requeues=2)
+    config = mongo_settings.DriverSettings(exp_key="exp", stale_after=1.0, max_requeues=2)
     later = job["refresh_time"] + datetime.timedelta(seconds=5)
     [message] = mongo_search.requeue_stale_jobs(jobs.jobs, config, now=later)
     assert "put back in the queue (1/2)" in message

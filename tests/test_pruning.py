@@ -90,8 +90,8 @@ def test_completed_curves_leave_out_pruned_and_failed_trials():
 
 
 def test_the_callback_stops_training_and_says_why():
-    import neural_net
-    stopping = neural_net.MedianStopping(rule(1, 1), [[0.5, 0.6, 0.7]], 3)
+    import training_callbacks
+    stopping = training_callbacks.MedianStopping(rule(1, 1), [[0.5, 0.6, 0.7]], 3)
     stopping.set_model(types.SimpleNamespace(stop_training=False))
     stopping.on_epoch_end(0, {"val_fine_outputs_accuracy": 0.1})
     assert not stopping.model.stop_training and stopping.result_keys() == {"pruned": False}
@@ -105,14 +105,14 @@ def test_a_failed_read_keeps_the_curves_read_before_and_reads_less_often():
     """A MongoDB worker's trial whose later reads fail (None) keeps the
     curves it read first, so it is still pruned; each failed read doubles
     the epochs until the next one (a read that fails costs MongoDB's timeout)."""
-    import neural_net
+    import training_callbacks
     reads = []
 
     def source():
         reads.append(len(reads))
         return [[0.5] * 40] if len(reads) == 1 else None
 
-    stopping = neural_net.MedianStopping(rule(1, 30), source, 40)
+    stopping = training_callbacks.MedianStopping(rule(1, 30), source, 40)
     stopping.set_model(types.SimpleNamespace(stop_training=False))
     for epoch in range(31):
         stopping.on_epoch_end(epoch, {"val_fine_outputs_accuracy": 0.1})

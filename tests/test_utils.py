@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import flags
-import mongo_search
+import mongo_settings
 import utils
 
 ORIGINAL_RESULTS = Path(__file__).parent / "fixtures" / "original-results"
@@ -21,10 +21,9 @@ def parse(argv, environ):
     """The search's settings and its MongoDB driver's, from a command line and
     variables, as hyperopt_optimize.main reads them (one object, to look at)."""
     import hyperopt_optimize
-    import mongo_search
     args = hyperopt_optimize.build_parser().parse_args(argv)
     search = flags.read_settings(flags.SearchSettings, args, environ)
-    driver = flags.read_settings(mongo_search.DriverSettings, args, environ)
+    driver = flags.read_settings(mongo_settings.DriverSettings, args, environ)
     return types.SimpleNamespace(**vars(search), **vars(driver))
 
 
@@ -109,7 +108,7 @@ def test_mongo_address_from_the_originals_variables():
                         "EXPERIMENT_NAME": "exp2"})
     assert config.mongo == "mongo://root:p%40ss%2Fw%3Ard@m:27018/x/jobs?authSource=admin"
     assert config.exp_key == "exp2"
-    assert mongo_search.redact(config.mongo) == "mongo://root:***@m:27018/x/jobs?authSource=admin"
+    assert mongo_settings.redact(config.mongo) == "mongo://root:***@m:27018/x/jobs?authSource=admin"
     assert parse(["--mongo", "a/b"], {"MONGO_DB_HOST": "m"}).mongo == "mongo://a:27017/b/jobs"
     assert parse([], {}).mongo is None
 

@@ -11,6 +11,7 @@ from hyperopt import Trials, space_eval
 
 import hyperopt_optimize
 import utils
+import warm_start
 
 ORIGINAL_RESULTS = Path(__file__).parent / "fixtures" / "original-results"
 ORIGINAL_BEST = ORIGINAL_RESULTS / "model_0.676100010872_6066e.txt.json"
@@ -24,7 +25,7 @@ def cheap_objective(hype_space, config, earlier=None):
 
 def test_the_42_original_results_become_42_trials_and_the_best_is_theirs():
     trials = Trials()
-    assert hyperopt_optimize.warm_start(trials, ORIGINAL_RESULTS) == 42
+    assert warm_start.warm_start(trials, ORIGINAL_RESULTS, hyperopt_optimize.space) == 42
     assert len(trials.trials) == 42
     assert min(trials.losses()) == pytest.approx(-0.6761, abs=1e-6)
     best = min(trials.trials, key=lambda t: t["result"]["loss"])
@@ -33,7 +34,8 @@ def test_the_42_original_results_become_42_trials_and_the_best_is_theirs():
 
 
 def test_unused_conditional_branches_have_no_value():
-    misc = hyperopt_optimize.misc_of(json.loads(ORIGINAL_BEST.read_text())["space"], 7)
+    misc = warm_start.misc_of(json.loads(ORIGINAL_BEST.read_text())["space"], 7,
+                               hyperopt_optimize.space)
     assert misc["vals"]["first_conv"] == [1] and misc["vals"]["first_conv_size"] == [0]  # 3
     assert misc["vals"]["residual"] == [1] and misc["vals"]["residual_units"] == [3.0]
     assert misc["vals"]["one_more_fc"] == [0] and misc["vals"]["fc_units_2_mult"] == []
@@ -44,7 +46,7 @@ def test_unused_conditional_branches_have_no_value():
 def test_tpe_goes_on_from_the_imported_trials(config, monkeypatch):
     monkeypatch.setattr(hyperopt_optimize, "optimize_cnn", cheap_objective)
     trials = Trials()
-    hyperopt_optimize.warm_start(trials, ORIGINAL_RESULTS)
+    warm_start.warm_start(trials, ORIGINAL_RESULTS, hyperopt_optimize.space)
     config.max_evals, config.plots = 43, False
     hyperopt_optimize.run_search(config, trials)
     saved = hyperopt_optimize.load_trials(config.trials_file)
@@ -65,12 +67,12 @@ def test_files_that_do_not_fit_are_skipped_with_the_reason(tmp_path, capsys):
     (tmp_path / "model_0.4_big.txt.json").write_text(json.dumps(wrong))
     (tmp_path / "model_0.3_cut.txt.json").write_text('{"loss": -0.3, "space": {')
     trials = Trials()
-    assert hyperopt_optimize.warm_start(trials, tmp_path) == 1
+    assert warm_start.warm_start(trials, tmp_path, hyperopt_optimize.space) == 1
     out = capsys.readouterr().out
     assert "model_0.5_sgd.txt.json: optimizer: 'SGD' is none of its choices" in out
     assert "model_0.4_big.txt.json: batch_size: 5000.0 is outside" in out
     assert "model_0.3_cut.txt.json" in out
-    assert hyperopt_optimize.warm_start(trials, tmp_path) == 0  # never twice
+    assert warm_start.warm_start(trials, tmp_path, hyperopt_optimize.space) == 0  # never twice
 
 
 def test_the_command_line_warm_starts_and_suggests_it(config, cifar_dir, monkeypatch, capsys):

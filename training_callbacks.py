@@ -1,0 +1,80 @@
+"""The Keras callbacks of one trial besides Keras' own: when its first step
+ended, stopping at the end of an epoch on request (a trial taken away from
+its MongoDB worker), and the stopping rule of pruning.py (--prune)."""
+
+import time
+
+import numpy as np
+
+import pruning
+import utils
+
+with utils.startup_noise_filtered():  # TensorFlow's C++ start-up lines, on every import
+    import keras
+
+
+class FirstStepTimer(keras.callbacks.Callback):
+    """Notes when the first training step ends (after tracing and compiling)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ended_at = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.ended_at is None:
+            self.ended_at = time.time()
+
+
+class StopWhen(keras.callbacks.Callback):
+    """Stops training at the end of an epoch once `asked()` is true."""
+
+    def __init__(self, asked):
+        super().__init__()
+        self.asked = asked
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.asked():
+            self.model.stop_training = True
+
+
+class MedianStopping(keras.callbacks.Callback):
+    """Stops the trial at the end of an epoch when pruning's median rule says
+    it is hopeless. `earlier` is the search's earlier completed curves (a
+    list), or a function returning them (None when it cannot: the last ones
+    are kept), asked again every pruning.REFRESH_EPOCHS epochs (a MongoDB
+    worker's trial, while other workers finish theirs)."""
+
+    def __init__(self, rule, earlier, epochs):
+        super().__init__()
+        self.rule, self.epochs = rule, epochs
+        self.source = earlier if callable(earlier) else None
+        self.thresholds = rule.thresholds([] if self.source else list(earlier), epochs)
+        self.curve, self.pruned_at, self.median = [], None, None
+        self.every, self.next_refresh = pruning.REFRESH_EPOCHS, 0
+        self.refresh(0)
+
+    def refresh(self, epoch):
+        """Read the curves again; after a failed read (each costs MongoDB's
+        timeout), wait twice as many epochs before the next one."""
+        if self.source is None or epoch < self.next_refresh:
+            return
+        curves = self.source()
+        if curves is None:
+            self.every *= 2
+        else:
+            self.thresholds = self.rule.thresholds(curves, self.epochs)
+        self.next_refresh = epoch + self.every
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.curve.append(float((logs or {}).get("val_fine_outputs_accuracy", np.nan)))
+        self.refresh(epoch)
+        if self.rule.below(self.curve, self.thresholds)[-1]:
+            self.pruned_at, self.median = epoch + 1, float(self.thresholds[epoch])
+            self.model.stop_training = True
+
+    def result_keys(self):
+        """What a result says about pruning: `pruned` and, if so, when and why."""
+        if self.pruned_at is None:
+            return {"pruned": False}
+        return {"pruned": True, "pruned_at_epoch": self.pruned_at,
+                "pruned_below_median": self.median}

@@ -7,8 +7,10 @@ In one run, on a synthetic data set in the real CIFAR-100 format
    through this project's training path (neural_net.build_model + fit_model,
    what a trial runs), against a plain Keras reference written below: the same
    architecture, float32 NumPy arrays and one-hot labels, fitted the simplest
-   way. Runs alternate project/reference, several times; ratios are medians of
-   back-to-back pairs, so a machine whose speed drifts still compares fairly;
+   way. Each ratio comes from its own interleaved pairs of runs (project,
+   reference; reference, project; ...): the median of the pairs' ratios,
+   with their count, min and max under `ratio_pairs` in the JSON, so a
+   machine whose speed jumps between levels still compares like with like;
 2. the original design's augmentation (a per-image map_fn flip) against
    Keras' vectorised RandomFlip;
 3. trial overhead: seconds from the objective being called to the end of the
@@ -48,6 +50,7 @@ import cifar_archives
 import dataset
 import flags
 import hyperopt_optimize  # the spaces
+import reference_model
 import synthetic_data
 import trial_process
 import utils
@@ -60,7 +63,7 @@ SECTIONS = ("throughput", "overhead", "tpe", "memory", "folder")
 MODELS = ("best", "demo", "small")  # small: to check the benchmark itself in seconds
 # --quick: a few minutes on a 2-core CPU; the default: steadier numbers.
 PRESETS = {
-    "quick": {"models": ["best"], "steps": 1, "repeats": 3, "batch_sizes": [64],
+    "quick": {"models": ["best"], "steps": 2, "repeats": 5, "batch_sizes": [64],
               "archive_images": 5000, "tpe_trials": [10, 100, 1000], "memory_trials": 10,
               "folder_images": 1000},
     "default": {"models": ["best", "demo"], "steps": 2, "repeats": 5, "batch_sizes": None,
@@ -101,7 +104,8 @@ def parse_args(argv=None):
                              "--quick: best), small (a small model, to check the benchmark runs)")
     parser.add_argument("--steps", type=positive,
                         help="training steps (batches) per timed run")
-    parser.add_argument("--repeats", type=positive, help="timed runs per variant")
+    parser.add_argument("--repeats", type=positive,
+                        help="interleaved pairs of timed runs per ratio (--quick: 5)")
     parser.add_argument("--batch-sizes", type=numbers, metavar="N,N",
                         help="batch sizes to time (default: each hyperspace's own, "
                              "320 for best, 300 for demo; --quick: 64)")
@@ -143,96 +147,6 @@ def positive_ints(text):
     return [flags.positive_int(n) for n in text.split(",") if n.strip()]
 
 
-# ------------------------------------------------ the plain Keras reference ----
-
-def reference_model(hs, flip="layer"):
-    """The project's architecture for hyperspace `hs` written with plain Keras,
-    as one would without this project: float32 input in [0, 1], one-hot labels,
-    default compile settings. `flip="map_fn"` flips images one at a time in a
-    loop, like the original."""
-    import keras
-    from keras import layers
-    l2 = keras.regularizers.L2(0.0007 * hs["l2_weight_reg_mult"])
-    act = hs["activation"]
-
-    def conv(x, filters, kernel, strides=1, activation=act):
-        return layers.Conv2D(filters, kernel, strides=strides, padding="same",
-                             activation=activation, kernel_regularizer=l2)(x)
-
-    def strided(x, filters):
-        x = conv(x, filters, 3, strides=2, activation="linear")
-        return layers.BatchNormalization()(x) if hs["use_BN"] else x
-
-    def pool(x, filters):
-        kind = hs["pooling_type"]
-        if kind == "max":
-            return layers.MaxPooling2D(2)(x)
-        if kind == "avg":
-            return layers.AveragePooling2D(2)(x)
-        if kind == "all_conv":
-            return strided(x, filters)
-        narrow, wide = int(filters * 0.33 + 1), int(filters * 0.4 + 1)
-        a = strided(x, wide)
-        b = strided(conv(conv(x, narrow, 1), wide, 3), wide)
-        c = layers.MaxPooling2D(3, strides=2, padding="same")(conv(x, wide, 1))
-        return layers.Concatenate()([a, b, c])
-
-    inputs = keras.Input((32, 32, 3))
-    x = layers.RandomFlip("horizontal")(inputs) if flip == "layer" else map_fn_flip()(inputs)
-    if hs["first_conv"] is not None:
-        x = conv(x, 16, int(hs["first_conv"]))
-    filters = int(40 * hs["conv_hiddn_units_mult"])
-    for i in range(int(hs["nb_conv_pool_layers"])):
-        x = conv(x, filters, int(round(hs["conv_kernel_size"])))
-        if hs["use_BN"]:
-            x = layers.BatchNormalization()(x)
-        if hs["residual"] is not None and i >= int(round(hs["conv_pool_res_start_idx"])):
-            for _ in range(int(round(hs["residual"]))):
-                shortcut = conv(x, filters, 1, activation="linear")
-                branch = layers.Dropout(hs["conv_dropout_drop_proba"])(x)
-                branch = conv(branch, filters, int(round(hs["res_conv_kernel_size"])))
-                x = layers.BatchNormalization()(layers.Add()([shortcut, branch]))
-        x = layers.Dropout(hs["conv_dropout_drop_proba"])(pool(x, filters))
-        filters *= 2
-    x = layers.Flatten()(x)
-    x = layers.Dense(int(1000 * hs["fc_units_1_mult"]), activation=act, kernel_regularizer=l2)(x)
-    x = layers.Dropout(hs["fc_dropout_drop_proba"])(x)
-    if hs["one_more_fc"] is not None:
-        x = layers.Dense(int(750 * hs["one_more_fc"]), activation=act, kernel_regularizer=l2)(x)
-        x = layers.Dropout(hs["fc_dropout_drop_proba"])(x)
-    fine = layers.Dense(100, activation="softmax", name="fine", kernel_regularizer=l2)(x)
-    coarse = layers.Dense(20, activation="softmax", name="coarse", kernel_regularizer=l2)(x)
-    model = keras.Model(inputs, [fine, coarse])
-    optimizer = {"Adam": keras.optimizers.Adam, "Nadam": keras.optimizers.Nadam,
-                 "RMSprop": keras.optimizers.RMSprop}[hs["optimizer"]]
-    model.compile(optimizer=optimizer(learning_rate=0.001 * hs["lr_rate_mult"]),
-                  loss=["categorical_crossentropy", "categorical_crossentropy"],
-                  loss_weights=[1.0, hs["coarse_labels_weight"]],
-                  metrics=[["accuracy"], ["accuracy"]])
-    return model
-
-
-def map_fn_flip():
-    """The original's augmentation, as a layer: each image flipped left-right
-    with probability 1/2, one image at a time. keras.ops.map is tf.map_fn
-    under TensorFlow (what the original called) and jax.lax.map under JAX."""
-    import keras
-    from keras import ops
-
-    class MapFnFlip(keras.layers.Layer):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.seed = keras.random.SeedGenerator(0)
-
-        def call(self, images, training=None):
-            if not training:
-                return images
-            coins = keras.random.uniform(ops.shape(images)[:1], seed=self.seed)
-            return ops.map(lambda pair: ops.where(pair[1] < 0.5, ops.flip(pair[0], axis=1),
-                                                  pair[0]), (images, coins))
-    return MapFnFlip()
-
-
 # ------------------------------------------------------------- throughput ----
 
 @dataclasses.dataclass
@@ -262,8 +176,8 @@ def spaces():
 def throughput_variants(args):
     """What to time: per hyperspace and batch size, the project at each
     precision and the reference; the map_fn flip for the first model."""
-    import neural_net
-    precisions = [neural_net.resolve_precision(p) for p in args.precisions]
+    import device
+    precisions = [device.resolve_precision(p) for p in args.precisions]
     variants = []
     for model in args.models:
         for batch_size in args.batch_sizes or [int(spaces()[model]["batch_size"])]:
@@ -293,12 +207,12 @@ def prepare(variant, data, steps):
             model, (x[:k], fine[:k], None if one else coarse[:k]), None, variant.batch_size,
             epochs=1, callbacks=callbacks)
     else:
-        model = reference_model(hs, flip="layer" if variant.kind == "reference" else "map_fn")
+        model = reference_model.reference_model(hs, flip="layer" if variant.kind == "reference" else "map_fn")
         project_params = neural_net.build_model(hs).count_params()
         if model.count_params() != project_params:
             raise SystemExit(f"benchmark error: the reference {variant.model} model has "
                              f"{model.count_params()} parameters, the project's {project_params}:"
-                             " reference_model() no longer matches neural_net.build_model()")
+                             " reference_model.py no longer matches neural_net.build_model()")
         x_float = x.astype("float32") / 255.0
         y = [keras.utils.to_categorical(fine, 100), keras.utils.to_categorical(coarse, 20)]
         variant.fit = lambda k=n, callbacks=(): model.fit(
@@ -324,28 +238,67 @@ def loop_clock():
 
 
 def run_throughput(args, data):
+    """Every ratio from its own interleaved pairs: the two variants run back
+    to back (which goes first alternates), `args.repeats` times; the ratio
+    of each pair, and their median. A machine whose speed jumps between
+    levels then still compares like with like."""
     variants = throughput_variants(args)
     for variant in variants:
         print(f"  compiling {variant.label} ...", flush=True)
         prepare(variant, data, args.steps)
-    for rep in range(args.repeats):
-        # Rotate the order so that no variant always runs first or last.
-        order = variants[rep % len(variants):] + variants[:rep % len(variants)]
-        for variant in order:
-            clock = loop_clock()
-            variant.fit(callbacks=[clock])
-            variant.seconds.append(time.perf_counter() - clock.started)
-        print(f"  repetition {rep + 1}/{args.repeats} done", flush=True)
-    return throughput_report(variants, args.steps)
+    pairs = {}
+    for key, faster, slower in comparisons(variants):
+        ratios = []
+        for rep in range(args.repeats):
+            first, second = (faster, slower) if rep % 2 == 0 else (slower, faster)
+            timed_run(first)
+            timed_run(second)
+            ratios.append(slower.seconds[-1] / faster.seconds[-1])
+        pairs[key] = ratios
+        print(f"  {key}: {len(ratios)} pairs done", flush=True)
+    return throughput_report(variants, args.steps, pairs)
 
 
-def paired_ratio(faster, slower):
-    """Median over repetitions of faster/slower throughput, run back to back."""
-    return statistics.median(s / f for f, s in zip(faster.seconds, slower.seconds))
+def timed_run(variant):
+    clock = loop_clock()
+    variant.fit(callbacks=[clock])
+    variant.seconds.append(time.perf_counter() - clock.started)
 
 
-def throughput_report(variants, steps):
-    rows, ratios = [], {}
+def comparisons(variants):
+    """(ratio name, faster, slower): the project against the reference (its
+    first precision), other precisions against float32, one head against
+    two, the vectorised flip against the map_fn flip."""
+    def find(model, kind, batch_size, precision=None):
+        return next((v for v in variants if (v.model, v.kind, v.batch_size) ==
+                     (model, kind, batch_size) and precision in (None, v.precision)), None)
+
+    found = []
+    for v in variants:
+        if v.kind != "project":
+            continue
+        if v is find(v.model, "project", v.batch_size):  # the first precision asked for
+            key = f"{v.model}_vs_reference_ratio"
+            if any(key == k for k, _, _ in found):  # further batch sizes get their own key
+                key = f"{v.model}_b{v.batch_size}_vs_reference_ratio"
+            found.append((key, v, find(v.model, "reference", v.batch_size)))
+        fp32 = find(v.model, "project", v.batch_size, "float32")
+        if v.precision != "float32" and fp32:
+            found.append((f"{v.model}_b{v.batch_size}_{short(v.precision)}_vs_fp32_ratio", v, fp32))
+        one = find(v.model, "one_head", v.batch_size)
+        if v.precision == "float32" and one:
+            found.append((f"{v.model}_b{v.batch_size}_one_head_vs_two_heads_ratio", one, v))
+    map_fn = next(v for v in variants if v.kind == "map_fn")
+    found.append(("vectorised_flip_vs_map_fn_ratio",
+                  find(map_fn.model, "reference", map_fn.batch_size), map_fn))
+    return found
+
+
+def throughput_report(variants, steps, pairs):
+    """Rows of images/s per variant (over every run it took part in), each
+    ratio (the median of its pairs) and `ratio_pairs`: per ratio the count,
+    min and max of its pairs' ratios."""
+    rows = []
     for v in variants:
         ips = v.images_per_second(v.batch_size * steps)
         rows.append({"model": v.model, "variant": v.kind, "precision": v.precision,
@@ -353,29 +306,10 @@ def throughput_report(variants, steps):
                      "min": min(ips), "max": max(ips), "runs": len(ips),
                      "per_run": [round(v, 2) for v in ips],
                      "first_step_seconds": v.first_step_seconds})
-
-    def find(model, kind, batch_size, precision=None):
-        return next((v for v in variants if (v.model, v.kind, v.batch_size) ==
-                     (model, kind, batch_size) and precision in (None, v.precision)), None)
-
-    for v in variants:
-        if v.kind != "project":
-            continue
-        if v is find(v.model, "project", v.batch_size):  # the first precision asked for
-            key = f"{v.model}_vs_reference_ratio"
-            if key in ratios:  # further batch sizes get their own key
-                key = f"{v.model}_b{v.batch_size}_vs_reference_ratio"
-            ratios[key] = paired_ratio(v, find(v.model, "reference", v.batch_size))
-        fp32 = find(v.model, "project", v.batch_size, "float32")
-        if v.precision != "float32" and fp32:
-            ratios[f"{v.model}_b{v.batch_size}_{short(v.precision)}_vs_fp32_ratio"] = \
-                paired_ratio(v, fp32)
-        one = find(v.model, "one_head", v.batch_size)
-        if v.precision == "float32" and one:
-            ratios[f"{v.model}_b{v.batch_size}_one_head_vs_two_heads_ratio"] = paired_ratio(one, v)
-    map_fn = next(v for v in variants if v.kind == "map_fn")
-    ratios["vectorised_flip_vs_map_fn_ratio"] = paired_ratio(
-        find(map_fn.model, "reference", map_fn.batch_size), map_fn)
+    ratios = {key: statistics.median(values) for key, values in pairs.items()}
+    ratios["ratio_pairs"] = {key: {"pairs": len(values), "pair_ratio_min": min(values),
+                                   "pair_ratio_max": max(values)}
+                             for key, values in pairs.items()}
     return rows, ratios
 
 
@@ -547,8 +481,12 @@ def print_report(report):
         print("\nTraining throughput, images/s (median, min, max over runs):")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     ratios = {k: v for k, v in report.items() if k.endswith("_ratio")}
+    if ratios:
+        print("\nRatios (above 1: the first named is faster), each the median of N paired runs:")
     for key, value in ratios.items():
-        print(f"  {key}: {value:.3f}")
+        pair = report["ratio_pairs"][key]
+        print(f"  {key}: {value:.3f}, median of {pair['pairs']} paired runs "
+              f"(pairs {pair['pair_ratio_min']:.3f} to {pair['pair_ratio_max']:.3f})")
     if "best_100_epoch_trial_hours" in report:
         print(f"  one 100-epoch trial of the best model (50000 images, training only): "
               f"{report['best_100_epoch_trial_hours']:.2f} h")

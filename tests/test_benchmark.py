@@ -28,12 +28,18 @@ def test_quick_benchmark_writes_well_formed_json(tmp_path, clean_env):
     rows = report["throughput"]
     assert {(r["model"], r["variant"]) for r in rows} == {
         ("small", "project"), ("small", "reference"), ("small", "map_fn"), ("small", "one_head")}
-    for row in rows:
-        assert row["runs"] == 2 and row["batch_size"] == 64
+    for row in rows:  # a variant runs in every pair it is part of
+        assert row["runs"] >= 2 and row["batch_size"] == 64
         assert 0 < row["min"] <= row["images_per_second"] <= row["max"]
         assert row["first_step_seconds"] > 0
     assert report["small_vs_reference_ratio"] > 0
     assert report["vectorised_flip_vs_map_fn_ratio"] > 0
+    ratios = [k for k in report if k.endswith("_ratio")]
+    assert set(report["ratio_pairs"]) == set(ratios) and len(ratios) == 3
+    for key in ratios:  # each ratio: the median of its own interleaved pairs
+        pairs = report["ratio_pairs"][key]
+        assert pairs["pairs"] == 2
+        assert pairs["pair_ratio_min"] <= report[key] <= pairs["pair_ratio_max"]
 
     assert set(report["overhead_seconds"]) == {
         "in_process_from_archive", "in_process_from_disk_cache", "in_process_data_in_memory",
@@ -49,6 +55,7 @@ def test_quick_benchmark_writes_well_formed_json(tmp_path, clean_env):
     assert folder["images"] == 40 and folder["cache_mb"] > 0
     assert set(folder["seconds"]) == {"decode_and_cache", "from_cache"}
     assert "small_vs_reference_ratio" in run.stdout  # the printed table
+    assert "median of 2 paired runs" in run.stdout
     assert "A folder of 40 images" in run.stdout
 
 

@@ -163,30 +163,27 @@ def learning_curves(trials, frame, ok, top):
     return png(figure)
 
 
-def replay(replayed, lines):
-    """Epochs saved against the share of orders that kept the full search's
-    best: one line per startup over the warm-ups, and the settings replayed."""
-    figure = new_figure(8, 5.5)
+def replay(points):
+    """Speed-up to the best trial against epochs saved: one point per rule
+    and setting of `points` ((label or None, pruning_replay.judge figures)),
+    the labelled ones named beside them."""
+    figure = new_figure(9, 6)
     ax = figure.subplots()
-
-    def point(f):
-        return f["epochs_saved_fraction"] * 100, f["best_kept_fraction"] * 100
-
-    for number, (startup, figures) in enumerate(lines.items()):
-        xs, ys = zip(*map(point, figures))
-        ax.plot(xs, ys, "o-", color=f"C{number}", markersize=4, label=f"startup {startup}")
-        for f, x, y in zip(figures, xs, ys):
-            ax.annotate(str(f["rule"]["warmup"]), (x, y), textcoords="offset points",
-                        xytext=(3, 3), fontsize=7, color=f"C{number}")
-    x, y = point(replayed)
-    ax.plot(x, y, "*", color="black", markersize=14, label=(
-        f"replayed: startup {replayed['rule']['startup']}, warm-up {replayed['rule']['warmup']}"))
-    ax.axhline(99, color="0.6", linestyle="--", linewidth=0.8)
+    for number, (label, f) in enumerate(points):
+        x, y = f["epochs_saved_fraction"] * 100, f["time_to_best_speedup"]
+        kept = f["best_kept_fraction"] >= 0.99 and f["searches_without_best_fraction"] <= 0.01
+        ax.plot(x, y, "o" if kept else "x", color="C0" if kept else "C3",
+                markersize=7 if label else 5)
+        rule = f["rule"]
+        text = (label.split(":")[0] if label else ", ".join(f"{v}" for v in rule.values()))
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                    color="black" if label else "0.4")
+    ax.axhline(1, color="0.6", linestyle="--", linewidth=0.8)
     ax.set_xlabel("epochs saved (%)")
-    ax.set_ylabel("orders that kept the full search's best trial (%)")
-    ax.set_title(f"Median stopping replayed on {replayed['trials']} trials in "
-                 f"{replayed['orders']} orders (numbers: warm-up epochs)")
+    ax.set_ylabel("speed-up to the best trial (x, mean epochs)")
+    ax.set_xlim(-5, 110)
+    ax.set_title(f"Stopping rules on {points[0][1]['trials']} trials: o kept the best in 99% of "
+                 "orders and searches, x did not", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
     figure.tight_layout()
     return png(figure)

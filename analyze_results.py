@@ -56,6 +56,7 @@ import pandas as pd
 import analysis_plots
 import flags
 import pruning
+import pruning_replay
 import tensorboard_hparams
 import utils
 
@@ -79,11 +80,10 @@ RESULT_COLUMNS = [
     "epochs", "pruned_at_epoch", "training_seconds", "nb_params", "train_images",
     "validation_images",
 ]
-# --replay-pruning: the rule's settings drawn in pruning_replay.png next to
-# the ones replayed, as (startup, warmup); the README's table comes from these.
-REPLAY_ALTERNATIVES = [(1, 10), (3, 25), (4, 20), (5, 20), (8, 12), (10, 30)]
-# ... and the trade-off lines of the picture: one per startup, over these warm-ups.
-REPLAY_LINES = {"startups": (2, 4, 8), "warmups": (0, 5, 10, 15, 20, 25, 30, 40)}
+# --replay-pruning: more settings of the rules, drawn in pruning_replay.png
+# beside the rules of the table.
+REPLAY_SWEEPS = [pruning.MedianRule(3, 25), pruning.MedianRule(8, 12), pruning.MedianRule(4, 40),
+                 pruning.AshaRule(10, 3), pruning.AshaRule(5, 3), pruning.AshaRule(20, 2)]
 REPLAY_JSON = "pruning_replay.json"
 REPLAY_PNG = "pruning_replay.png"
 
@@ -325,10 +325,11 @@ def write_tensorboard(trials, log_dir, conditional):
 
 # ------------------------------------------------------ pruning replay ----
 
-def replay_pruning(trials, rule, orders, seed, out_dir):
-    """--replay-pruning: replay `rule` (and REPLAY_ALTERNATIVES) on the
-    complete curves of these results; print the table, write REPLAY_JSON
-    (for `rule`) and REPLAY_PNG."""
+def replay_pruning(trials, rule, orders, searches, seed, out_dir):
+    """--replay-pruning: replay `rule`, no stopping, Optuna's and Ray Tune's
+    defaults and each of the project's rules at its defaults (and, in the
+    picture, REPLAY_SWEEPS) on the complete curves of these results: print
+    the table, write REPLAY_JSON (for `rule`, with the anchors) and REPLAY_PNG."""
     # By name, so that the figures do not depend on the order the files were listed in.
     results = sorted((t["result"] for t in trials), key=lambda r: r["model_name"])
     curves = [c for c in pruning.completed_curves(results) if np.isfinite(c).any()]
@@ -337,32 +338,41 @@ def replay_pruning(trials, rule, orders, seed, out_dir):
         print(f"Cannot replay pruning: {len(curves)} complete learning curve(s) in these "
               "results; it needs at least 2 successful trials that were not pruned.")
         return
-    print(f"Replaying the median stopping rule on {len(curves)} complete learning curves "
-          f"in {orders} random orders (seed {seed})"
+    print(f"Replaying stopping rules on {len(curves)} complete learning curves: "
+          f"{orders} random orders, {searches} simulated searches to the best (seed {seed})"
           + (f"; {left_out} failed, pruned or curve-less results left out." if left_out else "."))
-    settings = [(rule.startup, rule.warmup)] + [a for a in REPLAY_ALTERNATIVES
-                                                 if a != (rule.startup, rule.warmup)]
-    figures = [pruning.replay(curves, pruning.MedianRule(*pair), orders, seed)
-               for pair in settings]
-    table = pd.DataFrame({
-        "startup": [f["rule"]["startup"] for f in figures],
-        "warmup": [f["rule"]["warmup"] for f in figures],
-        "epochs saved": [f"{f['epochs_saved_fraction']:.1%}" for f in figures],
-        "best kept": [f"{f['best_kept_fraction']:.1%}" for f in figures],
-        "worst best": [f"{f['worst_best_accuracy']:.4f}" for f in figures],
-        "trials pruned": [f"{f['pruned_trials_mean']:.1f}" for f in figures],
-    })
-    table.insert(0, "", ["*"] + [""] * (len(figures) - 1))
-    print(table.to_string(index=False))
-    print(f"* the settings replayed (--prune-startup, --prune-warmup); full search: "
-          f"{figures[0]['epochs_full']} epochs, best {figures[0]['best_accuracy_full']:.4f}. "
-          "A lower bound: with pruning a search affords more trials in the same time.")
-    write_output(out_dir / REPLAY_JSON, json.dumps(figures[0], indent=2) + "\n")
-    lines = {startup: [pruning.replay(curves, pruning.MedianRule(startup, warmup), orders, seed)
-                       for warmup in REPLAY_LINES["warmups"]]
-             for startup in REPLAY_LINES["startups"]}
-    write_output(out_dir / REPLAY_PNG, analysis_plots.replay(figures[0], lines))
+    rows = pruning_replay.compare(curves, rule, flags.TrialSettings(), orders, searches, seed)
+    print(replay_table(rows).to_string(index=False))
+    figures = rows[0][2]
+    print(f"Full search: {figures['epochs_full']} epochs, best {figures['best_accuracy_full']:.4f}."
+          " Speed-up: mean epochs to the best without stopping / with the rule; a search that"
+          " never finds the best stops after "
+          f"{pruning_replay.MAX_DRAWS_PER_CURVE} x {len(curves)} trials.")
+    anchors = {key: f for key, _, f in rows if key in pruning_replay.ANCHORS}
+    write_output(out_dir / REPLAY_JSON, json.dumps(
+        {**figures, "anchors": anchors, "compared": {key: f for key, _, f in rows}},
+        indent=2) + "\n")
+    sweeps = [pruning_replay.judge(curves, other, orders, searches, seed)
+              for other in REPLAY_SWEEPS if other not in [r for _, _, r in
+                                                          pruning_replay.rules_to_compare(
+                                                              rule, flags.TrialSettings())]]
+    points = [(label, f) for _, label, f in rows] + [(None, f) for f in sweeps]
+    write_output(out_dir / REPLAY_PNG, analysis_plots.replay(points))
     print(f"Wrote {REPLAY_JSON}, {REPLAY_PNG} in {out_dir}/")
+
+
+def replay_table(rows):
+    """The replay's printed table: one row per rule."""
+    return pd.DataFrame({
+        "rule": [label for _, label, _ in rows],
+        "epochs saved": [f"{f['epochs_saved_fraction']:.1%}" for _, _, f in rows],
+        "best kept": [f"{f['best_kept_fraction']:.1%}" for _, _, f in rows],
+        "worst best": [f"{f['worst_best_accuracy']:.4f}" for _, _, f in rows],
+        "to best (mean)": [f"{f['time_to_best_epochs_mean']:.0f}" for _, _, f in rows],
+        "(median)": [f"{f['time_to_best_epochs_median']:.0f}" for _, _, f in rows],
+        "speed-up": [f"{f['time_to_best_speedup']:.2f}x" for _, _, f in rows],
+        "never found": [f"{f['searches_without_best_fraction']:.1%}" for _, _, f in rows],
+    })
 
 
 # ------------------------------------------------------------------ main ----
@@ -384,21 +394,26 @@ def build_parser():
                         help="also write every successful trial to TensorBoard's "
                              "HParams dashboard in DIR")
     replay = parser.add_argument_group(
-        "pruning replay", "--replay-pruning replays the median stopping rule on the "
-        "complete learning curves of these results, instead of the analysis: the epochs "
-        "it would have saved and how often the best trial survives, for the rule's "
-        f"settings below and a few others; writes {REPLAY_JSON} and {REPLAY_PNG}")
+        "pruning replay", "--replay-pruning replays the stopping rules on the complete "
+        "learning curves of these results, instead of the analysis: the epochs a rule "
+        "would have saved, how often the best trial survives, and the epochs until a "
+        "search holds the best trial (time to best), for the rule chosen below, no "
+        "stopping, Optuna's and Ray Tune's defaults and each rule at its defaults; "
+        f"writes {REPLAY_JSON} and {REPLAY_PNG}")
     replay.add_argument("--replay-pruning", action="store_true", help="replay, see above")
     replay.add_argument("--orders", type=flags.argparse_type(flags.positive_int),
-                        default=pruning.REPLAY_ORDERS, metavar="N",
+                        default=pruning_replay.REPLAY_ORDERS, metavar="N",
                         help="random orders of the trials to replay (default: %(default)s)")
+    replay.add_argument("--searches", type=flags.argparse_type(flags.positive_int),
+                        default=pruning_replay.SEARCHES, metavar="N",
+                        help="simulated searches for the time to best (default: %(default)s)")
     replay.add_argument("--seed", type=flags.argparse_type(flags.non_negative_int),
                         default=0, metavar="S", help="seed of the orders (default: %(default)s)")
     flags.add_options(replay, flags.TrialSettings, only=REPLAY_SETTINGS)
     return parser
 
 
-REPLAY_SETTINGS = ("prune_startup", "prune_warmup")
+REPLAY_SETTINGS = ("prune", "prune_startup", "prune_warmup", "asha_grace", "asha_reduction")
 
 
 def main(argv=None):
@@ -418,8 +433,12 @@ def main(argv=None):
         return 0
     try:
         if args.replay_pruning:
-            rule = pruning.MedianRule(settings.prune_startup, settings.prune_warmup)
-            replay_pruning(trials, rule, args.orders, args.seed,
+            rule = pruning.rule_of(settings)
+            if rule is None:
+                print("error: --replay-pruning needs a rule: --prune none replays nothing "
+                      f"(give one of {', '.join(flags.PRUNE_RULES[:-1])})", file=sys.stderr)
+                return 2
+            replay_pruning(trials, rule, args.orders, args.searches, args.seed,
                            make_out_dir(args.out_dir or args.results_dir))
         else:
             analyse(trials, skipped, args)

@@ -18,7 +18,7 @@ import os
 
 RESULTS_DIR = "results"
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-PRUNE_RULES = ("median", "none")  # --prune; the rule itself is in pruning.py
+PRUNE_RULES = ("median", "asha", "none")  # --prune; the rules are in pruning.py
 DATASETS = ("cifar100", "cifar10", "synthetic")  # --dataset, or a folder (image_folders.py)
 MIN_IMAGE_SIZE = 8  # three stages halve the image: 8 -> 4 -> 2 -> 1
 CACHE_FOLDER_NAME = "hyperopt-keras-sample"  # under ~/.cache: decoded image folders
@@ -89,6 +89,10 @@ def precision_name(text):
     if value not in PRECISIONS:
         raise ValueError(f"{text!r} is not one of {', '.join(PRECISIONS)}")
     return value
+
+
+def reduction_factor(text):
+    return whole_number(text, 2)
 
 
 def prune_rule(text):
@@ -221,10 +225,18 @@ class TrialSettings(MachineSettings):
         "its best trial in every order (README: Stopping hopeless trials)")
     prune_startup: int = setting(
         4, "--prune-startup", "HKS_PRUNE_STARTUP", positive_int,
-        "prune only at epochs that at least N completed (not pruned) trials reached")
+        "median: prune only at epochs that at least N completed (not pruned) trials "
+        "reached")
     prune_warmup: int = setting(
         25, "--prune-warmup", "HKS_PRUNE_WARMUP", non_negative_int,
-        "never prune at or before this epoch")
+        "median: never prune at or before this epoch")
+    asha_grace: int = setting(
+        1, "--asha-grace", "HKS_ASHA_GRACE", positive_int,
+        "asha: the first rung, in epochs (Ray Tune's grace_period)")
+    asha_reduction: int = setting(
+        4, "--asha-reduction", "HKS_ASHA_REDUCTION", reduction_factor,
+        "asha: rungs at grace x N^k epochs; at a rung, the trials below the top 1/N "
+        "of the earlier trials there stop (Ray Tune's reduction_factor)")
 
 
 @dataclasses.dataclass
@@ -290,7 +302,8 @@ def add_options(parser, *kinds, only=None):
                                     const=not default,  # --tensorboard on, --no-plots off
                                     default=None, help=help_text)
             else:
-                metavar = ("N" if option.parse in (positive_int, non_negative_int, image_size)
+                metavar = ("N" if option.parse in (positive_int, non_negative_int, image_size,
+                                                   reduction_factor)
                            else None)
                 parser.add_argument(option.flag, dest=name, default=None, metavar=metavar,
                                     help=help_text)

@@ -279,7 +279,7 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
     rule = pruning.rule_of(config)
     stopping = None
     if rule is not None and earlier is not None:
-        stopping = training_callbacks.MedianStopping(rule, earlier, config.epochs)
+        stopping = training_callbacks.PruningCallback(rule, earlier, config.epochs)
         callbacks.append(stopping)
     weights_path = Path(utils.WEIGHTS_DIR) / f"{uid}{utils.WEIGHTS_SUFFIX}"
     if save_best_weights:

@@ -1,28 +1,37 @@
-"""Stop hopeless trials early: the median stopping rule of Google Vizier
-(Golovin et al., 2017), as Optuna's MedianPruner applies it.
+"""Stop hopeless trials early: the stopping rules (--prune), the earlier
+trials' learning curves they compare a trial with, and what they did.
 
-After epoch e of a trial, the trial stops when its best validation fine
-accuracy so far is below the median of the validation fine accuracy at epoch
-e of the search's earlier trials that completed (were not pruned) and reached
-epoch e. Nothing is pruned at or before epoch `warmup`, nor at an epoch that
-fewer than `startup` completed trials reached (so nothing before `startup`
-trials have completed), nor at the trial's last epoch (that saves nothing,
-and a trial that ran every epoch counts as completed). NaN values are left
-out on both sides.
+A rule looks at a trial after each epoch: its validation fine accuracy so
+far, and the search's earlier trials (complete ones whole, stopped ones as
+far as they ran). It never stops a trial at its last epoch (that saves
+nothing, and a trial that ran every epoch counts as completed). NaN values
+are left out on both sides, and a tie goes on. The rules:
 
-One copy of the rule serves both its users: the trials' Keras callback
-(training_callbacks.MedianStopping, fed with the earlier trials' curves by the search
-or, on a MongoDB worker, by `MongoCurves`) and analyze_results.py
---replay-pruning (`replay`, on the curves stored in result files). Nothing
-here imports Keras.
+- `median` (Google Vizier's median stopping rule, as Optuna's MedianPruner
+  applies it): after epoch e, stop when the trial's best so far is below the
+  median at epoch e of the earlier trials that completed and reached e; not
+  at or before epoch `warmup`, nor where fewer than `startup` completed
+  trials reached e.
+- `asha` (asynchronous successive halving, as Ray Tune's ASHAScheduler
+  defines it): at the rungs, epochs `grace` x `reduction`^k, stop a trial
+  whose accuracy there is below the (1 - 1/reduction) quantile of the
+  accuracies there of every earlier trial that reached the rung (stopped
+  ones included).
+- `TOPK_DOC`
+
+One copy of each rule serves all its users: the trials' Keras callback
+(training_callbacks.PruningCallback, fed with the earlier trials by the
+search or, on a MongoDB worker, by `MongoCurves`) and the replays of
+pruning_replay.py (analyze_results.py --replay-pruning). Nothing here
+imports Keras.
 
     rule = MedianRule(startup=4, warmup=25)
-    medians = rule.thresholds(completed_curves(results), epochs=100)
-    rule.below(curve_so_far, medians)[-1]    # True: stop the trial now
+    thresholds = rule.thresholds(earlier_trials(results), epochs=100)
+    rule.below(curve_so_far, thresholds)[-1]    # True: stop the trial now
 """
 
 import dataclasses
-import math
+import typing
 import warnings
 
 import numpy as np
@@ -30,52 +39,71 @@ import numpy as np
 import utils
 
 REFRESH_EPOCHS = 3  # a MongoDB worker rereads the other trials' curves this often
-REPLAY_ORDERS = 500  # analyze_results.py --replay-pruning
 
 
-@dataclasses.dataclass(frozen=True)
-class MedianRule:
-    """The median stopping rule with its two settings (see the module's doc)."""
-    startup: int
-    warmup: int
+class Earlier(typing.NamedTuple):
+    """One earlier trial as a rule sees it: its validation fine accuracy per
+    epoch as far as it ran, and whether it was stopped by a rule. A plain
+    list of values given where an Earlier is expected is a completed trial."""
+    curve: list
+    stopped: bool = False
+
+
+def as_earlier(trials):
+    """`trials` (Earlier, or plain curves: completed trials) as Earlier."""
+    return [t if isinstance(t, Earlier) else Earlier(list(t)) for t in trials]
+
+
+def table_of(curves, epochs):
+    """The curves as rows of a len(curves) x epochs array, NaN past their end."""
+    table = np.full((len(curves), epochs), np.nan)
+    for row, curve in zip(table, curves):
+        values = np.asarray(curve[:epochs], dtype=float)
+        row[:len(values)] = values
+    return table
+
+
+def best_so_far(curve):
+    curve = np.asarray(curve, dtype=float)
+    return np.fmax.accumulate(curve) if len(curve) else curve
+
+
+def compare(values, thresholds):
+    """Per epoch of `values`: whether it is below that epoch's threshold
+    (False where either is NaN; a tie is not below)."""
+    limits = np.full(len(values), np.nan)
+    shown = min(len(values), len(thresholds))
+    limits[:shown] = thresholds[:shown]
+    with np.errstate(invalid="ignore"):
+        return values < limits
+
+
+class Rule:
+    """What every rule offers: `thresholds(earlier, epochs)`, one value per
+    epoch 1..epochs (NaN where it does not stop), and `below(curve,
+    thresholds)`, per epoch of a trial's curve whether it would stop there.
+    A rule computes its thresholds in `from_table(table, stopped)`: the
+    earlier trials as rows of an array (NaN past where they ran) and which
+    of them were stopped; the replays build that table as they go.
+    `reads_stopped`: whether stopped trials change the thresholds."""
+    name = ""
+    reads_stopped = True
+
+    def thresholds(self, earlier, epochs):
+        earlier = as_earlier(earlier)
+        return self.from_table(table_of([t.curve for t in earlier], epochs),
+                               np.array([t.stopped for t in earlier], dtype=bool))
 
     def describe(self):
-        return {"name": "median", "startup": self.startup, "warmup": self.warmup}
+        return {"name": self.name, **dataclasses.asdict(self)}
 
-    def thresholds(self, curves, epochs):
-        """For epochs 1..`epochs` (a trial's length): the median of the
-        completed `curves` at that epoch, NaN where the rule does not prune
-        (warm-up, too few curves, the last epoch)."""
-        table = np.full((len(curves), epochs), np.nan)
-        for row, curve in zip(table, curves):
-            values = np.asarray(curve[:epochs], dtype=float)
-            row[:len(values)] = values
-        counts = np.isfinite(table).sum(axis=0)
-        medians = np.full(epochs, np.nan)
-        enough = counts >= max(self.startup, 1)
-        if enough.any():
-            used = table[:, enough]
-            if np.isfinite(used).all():  # the usual case, and np.median is much faster
-                medians[enough] = np.median(used, axis=0)
-            else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-                    medians[enough] = np.nanmedian(used, axis=0)
-        medians[:self.warmup] = np.nan
-        medians[-1:] = np.nan  # stopping after the last epoch saves nothing
-        return medians
+    def label(self):
+        """`median (startup 4, warm-up 25)`, for tables and pictures."""
+        settings = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in dataclasses.asdict(self).items())
+        return f"{self.name} ({settings})"
 
     def below(self, curve, thresholds):
-        """Per epoch of `curve`: whether its best so far is below that epoch's
-        threshold (False where the threshold or every value so far is NaN;
-        a tie is not below)."""
-        curve = np.asarray(curve, dtype=float)
-        best_so_far = np.fmax.accumulate(curve) if len(curve) else curve
-        limits = np.full(len(curve), np.nan)
-        shown = min(len(curve), len(thresholds))
-        limits[:shown] = thresholds[:shown]
-        with np.errstate(invalid="ignore"):
-            return best_so_far < limits
+        return compare(best_so_far(curve), thresholds)
 
     def first_stop(self, curve, thresholds):
         """The epoch (1-based) at which `curve` would have been stopped, or None."""
@@ -83,39 +111,116 @@ class MedianRule:
         return int(stops[0]) + 1 if stops.size else None
 
 
+def column_statistic(table, enough, statistic):
+    """`statistic(values, axis=0)` of each column of `table` where `enough`,
+    NaN-aware (np.median and friends are much faster without NaN)."""
+    out = np.full(table.shape[1], np.nan)
+    if enough.any():
+        used = table[:, enough]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            out[enough] = statistic(used, np.isfinite(used).all())
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class MedianRule(Rule):
+    """The median stopping rule with its two settings (see the module's doc)."""
+    startup: int
+    warmup: int
+    name: typing.ClassVar[str] = "median"
+    reads_stopped: typing.ClassVar[bool] = False
+
+    def from_table(self, table, stopped):
+        """For each epoch of `table` (a trial's length): the median of the
+        completed trials at that epoch, NaN where the rule does not prune
+        (warm-up, too few curves, the last epoch)."""
+        table = table[~stopped]
+        enough = np.isfinite(table).sum(axis=0) >= max(self.startup, 1)
+        medians = column_statistic(table, enough, lambda used, whole: (
+            np.median(used, axis=0) if whole else np.nanmedian(used, axis=0)))
+        medians[:self.warmup] = np.nan
+        medians[-1:] = np.nan  # stopping after the last epoch saves nothing
+        return medians
+
+
+@dataclasses.dataclass(frozen=True)
+class AshaRule(Rule):
+    """Asynchronous successive halving with Ray Tune's two settings."""
+    grace: int
+    reduction: int
+    name: typing.ClassVar[str] = "asha"
+
+    def rungs(self, epochs):
+        """The rung epochs below the last: grace x reduction^k."""
+        rungs, rung = [], self.grace
+        while rung < epochs:
+            rungs.append(rung)
+            rung *= self.reduction
+        return rungs
+
+    def from_table(self, table, stopped):
+        """At each rung: the (1 - 1/reduction) quantile of every earlier
+        trial's accuracy at that epoch; NaN elsewhere and where no earlier
+        trial reached the rung."""
+        epochs = table.shape[1]
+        cutoffs = np.full(epochs, np.nan)
+        quantile = (1 - 1 / self.reduction) * 100
+        for rung in self.rungs(epochs):
+            values = table[:, rung - 1]
+            values = values[np.isfinite(values)]
+            if values.size:
+                cutoffs[rung - 1] = np.percentile(values, quantile)
+        return cutoffs
+
+    def below(self, curve, thresholds):
+        """A trial's accuracy at the rung itself, not its best so far (Ray's)."""
+        return compare(np.asarray(curve, dtype=float), thresholds)
+
+
+RULES = {"median": MedianRule, "asha": AshaRule}
+
+
 def rule_of(settings):
     """The rule that settings' --prune names (a flags.TrialSettings), or None."""
     if settings.prune == "median":
         return MedianRule(settings.prune_startup, settings.prune_warmup)
+    if settings.prune == "asha":
+        return AshaRule(settings.asha_grace, settings.asha_reduction)
     return None
 
 
 # ------------------------------------------- the earlier trials' curves ----
 
+def earlier_trials(results):
+    """The trials a rule compares with: successful results, each with its
+    validation fine accuracy curve and whether a rule stopped it."""
+    return [Earlier(utils.val_fine_curve(r), bool(r.get("pruned"))) for r in results
+            if r.get("status") == "ok"]
+
+
 def completed_curves(results):
-    """The validation fine accuracy curves of the results that count for the
-    rule: successful and not pruned."""
-    return [utils.val_fine_curve(r) for r in results
-            if r.get("status") == "ok" and not r.get("pruned")]
+    """The curves of the results that ran every epoch: successful and not pruned."""
+    return [t.curve for t in earlier_trials(results) if not t.stopped]
 
 
 def trials_curves(trials):
-    """completed_curves of a hyperopt Trials' finished trials."""
-    return completed_curves([t["result"] for t in trials.trials
-                             if isinstance(t.get("result"), dict)])
+    """earlier_trials of a hyperopt Trials' finished trials."""
+    return earlier_trials([t["result"] for t in trials.trials
+                           if isinstance(t.get("result"), dict)])
 
 
 @dataclasses.dataclass(frozen=True)
 class MongoCurves:
-    """The completed curves of an experiment's finished trials in MongoDB,
-    which a worker's trial reads again every REFRESH_EPOCHS epochs (other
-    workers finish trials meanwhile). Picklable: the trial's own process
-    connects by itself."""
+    """The earlier trials of an experiment's finished jobs in MongoDB, which
+    a worker's trial reads again every REFRESH_EPOCHS epochs (other workers
+    finish trials meanwhile). Picklable: the trial's own process connects by
+    itself."""
     url: str  # mongo://[user:password@]host:port/db/jobs, as hyperopt takes it
     exp_key: str
 
     def __call__(self):
-        """The curves, or None when MongoDB cannot be read: the trial trains on."""
+        """The trials, or None when MongoDB cannot be read: the trial trains on."""
         import pymongo.errors
         from hyperopt import JOB_STATE_DONE
         import mongo_compat
@@ -125,10 +230,10 @@ class MongoCurves:
             return None
         try:
             docs = jobs.jobs.find({"exp_key": self.exp_key, "state": JOB_STATE_DONE,
-                                   "result.status": "ok", "result.pruned": {"$ne": True}},
-                                  projection=["result.status"] + [
+                                   "result.status": "ok"},
+                                  projection=["result.status", "result.pruned"] + [
                                       f"result.history.{key}" for key in utils.VAL_FINE_KEYS])
-            return completed_curves([doc["result"] for doc in docs])
+            return earlier_trials([doc["result"] for doc in docs])
         except pymongo.errors.PyMongoError:
             return None
         finally:
@@ -146,8 +251,9 @@ def summary(results, epochs):
     saved = sum(max(epochs - int(r.get("pruned_at_epoch") or epochs), 0) for r in pruned)
     total = epochs * len([r for r in results if r.get("status") == "ok"])
     share = f" ({saved / total:.0%} of {total})" if total else ""
+    rules = sorted({r.get("pruned_by") or "median" for r in pruned})
     return (f"Pruned {len(pruned)} of {len(results)} trials, saving {saved} "
-            f"epochs{share}.")
+            f"epochs{share}, by {' and '.join(rules)}.")
 
 
 def stalled(results, stop_after):
@@ -172,49 +278,3 @@ def trials_without_improvement(results):
         else:
             since += 1
     return since
-
-
-# ----------------------------------------------------------- replay ----
-
-def replay(curves, rule, orders=REPLAY_ORDERS, seed=0, epochs=None):
-    """Replay `rule` on complete learning curves (one per trial of a finished
-    search) taken in `orders` random orders: for each, the epochs that would
-    have been trained and the best accuracy the pruned search would have
-    found. Returns the figures analyze_results.py --replay-pruning writes."""
-    curves = [np.asarray(c, dtype=float) for c in curves]
-    epochs = epochs or max(len(c) for c in curves)
-    full_best = max(np.nanmax(c) for c in curves)
-    rng = np.random.default_rng(seed)
-    trained, bests, pruned = [], [], []
-    for _ in range(orders):
-        completed, total, best, stopped = [], 0, -math.inf, 0
-        thresholds = rule.thresholds(completed, epochs)
-        for index in rng.permutation(len(curves)):
-            curve = curves[index][:epochs]
-            stop = rule.first_stop(curve, thresholds)
-            ran = curve if stop is None else curve[:stop]
-            total += len(ran)
-            best = max(best, np.nanmax(ran) if np.isfinite(ran).any() else -math.inf)
-            if stop is None:
-                completed.append(curve)
-                thresholds = rule.thresholds(completed, epochs)
-            else:
-                stopped += 1
-        trained.append(total)
-        bests.append(best)
-        pruned.append(stopped)
-    full = sum(len(c[:epochs]) for c in curves)
-    bests = np.asarray(bests)
-    return {
-        "rule": rule.describe(),
-        "trials": len(curves),
-        "orders": orders,
-        "seed": seed,
-        "epochs_full": int(full),
-        "epochs_with_pruning_mean": float(np.mean(trained)),
-        "epochs_saved_fraction": float(1 - np.mean(trained) / full),
-        "pruned_trials_mean": float(np.mean(pruned)),
-        "best_accuracy_full": float(full_best),
-        "best_kept_fraction": float(np.mean(bests >= full_best)),
-        "worst_best_accuracy": float(bests.min()),
-    }

@@ -37,44 +37,52 @@ class StopWhen(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class MedianStopping(keras.callbacks.Callback):
-    """Stops the trial at the end of an epoch when pruning's median rule says
-    it is hopeless. `earlier` is the search's earlier completed curves (a
-    list), or a function returning them (None when it cannot: the last ones
-    are kept), asked again every pruning.REFRESH_EPOCHS epochs (a MongoDB
-    worker's trial, while other workers finish theirs)."""
+class PruningCallback(keras.callbacks.Callback):
+    """Stops the trial at the end of an epoch when the stopping rule (a
+    pruning.py rule) says it is hopeless. `earlier` is the search's earlier
+    trials (a list of pruning.Earlier, or of plain curves: completed
+    trials), or a function returning them (None when it cannot: the last
+    ones are kept), asked again every pruning.REFRESH_EPOCHS epochs (a
+    MongoDB worker's trial, while other workers finish theirs)."""
 
     def __init__(self, rule, earlier, epochs):
         super().__init__()
         self.rule, self.epochs = rule, epochs
         self.source = earlier if callable(earlier) else None
         self.thresholds = rule.thresholds([] if self.source else list(earlier), epochs)
-        self.curve, self.pruned_at, self.median = [], None, None
+        self.curve, self.pruned_at, self.threshold = [], None, None
         self.every, self.next_refresh = pruning.REFRESH_EPOCHS, 0
         self.refresh(0)
 
     def refresh(self, epoch):
-        """Read the curves again; after a failed read (each costs MongoDB's
-        timeout), wait twice as many epochs before the next one."""
+        """Read the earlier trials again; after a failed read (each costs
+        MongoDB's timeout), wait twice as many epochs before the next one."""
         if self.source is None or epoch < self.next_refresh:
             return
-        curves = self.source()
-        if curves is None:
+        earlier = self.source()
+        if earlier is None:
             self.every *= 2
         else:
-            self.thresholds = self.rule.thresholds(curves, self.epochs)
+            self.thresholds = self.rule.thresholds(earlier, self.epochs)
         self.next_refresh = epoch + self.every
 
     def on_epoch_end(self, epoch, logs=None):
         self.curve.append(float((logs or {}).get("val_fine_outputs_accuracy", np.nan)))
         self.refresh(epoch)
         if self.rule.below(self.curve, self.thresholds)[-1]:
-            self.pruned_at, self.median = epoch + 1, float(self.thresholds[epoch])
+            self.pruned_at, self.threshold = epoch + 1, float(self.thresholds[epoch])
             self.model.stop_training = True
 
     def result_keys(self):
-        """What a result says about pruning: `pruned` and, if so, when and why."""
+        """What a result says about pruning: `pruned` and, if so, when, by
+        which rule and below which threshold."""
         if self.pruned_at is None:
             return {"pruned": False}
-        return {"pruned": True, "pruned_at_epoch": self.pruned_at,
-                "pruned_below_median": self.median}
+        keys = {"pruned": True, "pruned_at_epoch": self.pruned_at,
+                "pruned_by": self.rule.name, "pruned_below": self.threshold}
+        if self.rule.name == "median":  # the key results had before there were other rules
+            keys["pruned_below_median"] = self.threshold
+        return keys
+
+
+MedianStopping = PruningCallback  # its name when the median was the only rule

@@ -251,9 +251,7 @@ def progress_line(result, number, seconds, of="", where="", best=None):
     best_trial pair, or False for none yet) is given."""
     data = f" ({data_line(result)})" if result.get("dataset") else ""
     if result.get("status") == "ok":
-        pruned = (f", pruned at epoch {result.get('pruned_at_epoch')} (below the median "
-                  f"{result.get('pruned_below_median', float('nan')):.4f})"
-                  if result.get("pruned") else "")
+        pruned = f", {pruned_text(result)}" if result.get("pruned") else ""
         coarse = result.get("coarse_best_accuracy")
         coarse = "" if coarse is None else f", coarse {coarse:.4f}"
         head = (f"Trial {number}{of}{data}: fine {result['fine_best_accuracy']:.4f}"
@@ -266,6 +264,14 @@ def progress_line(result, number, seconds, of="", where="", best=None):
     tail = (f"best so far: fine {best[1]['fine_best_accuracy']:.4f} (trial {best[0] + 1}, "
             f"{best[1]['model_name']})" if best else "no successful trial yet")
     return f"{head} | {tail}"
+
+
+def pruned_text(result):
+    """`pruned at epoch 30 (asha: below 0.4123)`: when and why a rule stopped a trial."""
+    threshold = result.get("pruned_below", result.get("pruned_below_median"))
+    threshold = f"{threshold:.4f}" if is_number(threshold) else "?"
+    return (f"pruned at epoch {result.get('pruned_at_epoch')} "
+            f"({result.get('pruned_by') or 'median'}: below {threshold})")
 
 
 def data_line(result):

@@ -160,7 +160,7 @@ def test_a_worker_prunes_with_the_curves_another_worker_produced(tmp_path, mongo
         assert len(job["result"]["history"]["val_fine_outputs_accuracy"]) == 2
     files = result_files(tmp_path / "w2")
     assert len(files) == 2 and all(json.loads(p.read_text())["pruned"] for p in files)
-    assert output.count("pruned at epoch 2 (below the median 1.0000)") == 2, output
+    assert output.count("pruned at epoch 2 (median: below 1.0000)") == 2, output
     assert "Pruned 2 of 3 trials, saving 2 epochs" in output
 
 

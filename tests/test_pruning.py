@@ -20,6 +20,7 @@ import analyze_results
 import flags
 import hyperopt_optimize
 import pruning
+import pruning_replay
 import utils
 from conftest import ROOT, SUPPORT, TINY_HYPE_SPACE
 
@@ -77,6 +78,59 @@ def test_nan_epochs_are_left_out_on_both_sides():
     assert list(rule(2, 0).below([0.7, NAN], thresholds)) == [False, False]
 
 
+def asha(grace, reduction):
+    return pruning.AshaRule(grace=grace, reduction=reduction)
+
+
+def test_asha_rungs_are_grace_times_the_reduction_factor_below_the_last_epoch():
+    assert asha(1, 4).rungs(100) == [1, 4, 16, 64]  # Ray Tune's default, max_t 100
+    assert asha(10, 3).rungs(100) == [10, 30, 90]
+    assert asha(2, 2).rungs(8) == [2, 4]  # epoch 8 is the last: never a rung
+
+
+def test_asha_cuts_below_the_quantile_of_every_earlier_trial_at_the_rung():
+    earlier = [[0.1, 0.1, 0.1, 0.1, 0.1], [0.5, 0.5, 0.5, 0.5, 0.5],
+               pruning.Earlier([0.9], stopped=True)]  # a stopped trial counts where it ran
+    cutoffs = asha(1, 4).thresholds(earlier, 5)
+    assert cutoffs[0] == pytest.approx(np.percentile([0.1, 0.5, 0.9], 75))  # 0.7
+    assert cutoffs[3] == pytest.approx(np.percentile([0.1, 0.5], 75))  # 0.4
+    assert np.isnan(cutoffs[[1, 2, 4]]).all()
+    # The value at the rung, not the best so far (Ray Tune's): a dip at a rung stops.
+    assert asha(1, 4).first_stop([0.8, 0.9, 0.9, 0.3, 0.9], cutoffs) == 4
+    assert asha(1, 4).first_stop([0.7, 0.1, 0.1, 0.4, 0.1], cutoffs) is None  # ties go on
+    assert asha(1, 4).first_stop([NAN, 0.1, 0.1, 0.5, 0.1], cutoffs) is None
+    assert np.isnan(asha(1, 4).thresholds([], 5)).all()  # the first trial runs to the end
+
+
+def test_the_median_leaves_stopped_trials_out_but_asha_does_not():
+    earlier = [pruning.Earlier([0.9, 0.9, 0.9], stopped=True), [0.1, 0.1, 0.1]]
+    assert list(rule(1, 0).thresholds(earlier, 3)[:2]) == [0.1, 0.1]
+    assert asha(1, 2).thresholds(earlier, 3)[0] == pytest.approx(0.5)
+
+
+def test_the_time_to_best_counts_epochs_until_the_best_trial_has_run():
+    """Two 3-epoch curves drawn with replacement: without stopping the best
+    takes 2 draws on average (6 epochs). Under the median rule (startup 1,
+    warm-up 0) a search whose first trial is the worse one locks the best
+    out: the best starts lower, so it is always stopped at epoch 1."""
+    best, worse = [0.2, 0.9, 1.0], [0.5, 0.5, 0.5]
+    none = pruning_replay.time_to_best([best, worse], pruning_replay.NoRule(), searches=4000)
+    assert none["time_to_best_epochs_mean"] == pytest.approx(6.0, abs=0.3)
+    assert none["time_to_best_speedup"] == 1.0 and none["searches_without_best_fraction"] == 0
+    median = pruning_replay.time_to_best([best, worse], rule(1, 0), searches=4000)
+    assert median["searches_without_best_fraction"] == pytest.approx(0.5, abs=0.03)
+    times, without = pruning_replay.search_times(
+        [np.array(best), np.array(worse)], rule(1, 0), 200, 0, 3)
+    assert without > 0 and set(times[times < 10]) == {3.0}  # found: on the first draw, 3 epochs
+    # A best trial ahead from the start is never stopped; the worst is, once
+    # a better one completed: the best is found sooner than without stopping.
+    curves = [[0.6, 0.9, 1.0], [0.1, 0.1, 0.1], [0.3, 0.3, 0.3]]
+    sooner = pruning_replay.time_to_best(curves, rule(1, 0), searches=4000)
+    assert sooner["searches_without_best_fraction"] == 0
+    assert sooner["time_to_best_no_pruning_epochs_mean"] == pytest.approx(9.0, abs=0.5)
+    assert sooner["time_to_best_speedup"] > 1.1
+
+
 def test_completed_curves_leave_out_pruned_and_failed_trials():
     results = [
         {"status": "ok", "history": {"val_fine_outputs_accuracy": [0.1, 0.2]}},
@@ -98,7 +152,20 @@ def test_the_callback_stops_training_and_says_why():
     stopping.on_epoch_end(1, {"val_fine_outputs_accuracy": 0.2})
     assert stopping.model.stop_training
     assert stopping.result_keys() == {"pruned": True, "pruned_at_epoch": 2,
+                                      "pruned_by": "median", "pruned_below": 0.6,
                                       "pruned_below_median": 0.6}
+
+
+def test_the_callback_runs_any_rule_and_names_it():
+    import training_callbacks
+    stopping = training_callbacks.PruningCallback(asha(1, 2), [[0.5, 0.5, 0.5]], 3)
+    stopping.set_model(types.SimpleNamespace(stop_training=False))
+    stopping.on_epoch_end(0, {"val_fine_outputs_accuracy": 0.4})
+    assert stopping.model.stop_training
+    assert stopping.result_keys() == {"pruned": True, "pruned_at_epoch": 1,
+                                      "pruned_by": "asha", "pruned_below": 0.5}
+    assert "pruned at epoch 1 (asha: below 0.5000)" in utils.progress_line(
+        dict(status="ok", fine_best_accuracy=0.4, **stopping.result_keys()), 1, 2.0)
 
 
 def test_a_failed_read_keeps_the_curves_read_before_and_reads_less_often():
@@ -189,7 +256,7 @@ def test_a_local_search_prunes_hopeless_trials_and_resumes_with_them(clean_env, 
              "--prune-startup", "2", "--prune-warmup", "1"]
     done = run_search([*flags, "--warm-start", "warm", "--max-evals", "4"], clean_env, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("pruned at epoch 2 (below the median 0.9500)") == 2, done.stdout
+    assert done.stdout.count("pruned at epoch 2 (median: below 0.9500)") == 2, done.stdout
     assert "Pruned 2 of 4 trials, saving 2 epochs" in done.stdout
 
     files = list((tmp_path / "results").glob("model_*.txt.json"))
@@ -228,11 +295,13 @@ def test_with_a_validation_split_pruning_watches_it_and_the_test_split_is_still_
 
 
 @pytest.mark.parametrize("args, env_extra, expected", [
-    (["--prune", "mean"], {}, "--prune: 'mean' is not one of median, none"),
+    (["--prune", "mean"], {}, "--prune: 'mean' is not one of median, asha, none"),
     (["--prune-startup", "0"], {}, "--prune-startup: '0' must be at least 1"),
     (["--prune-warmup", "-1"], {}, "--prune-warmup: '-1' must be at least 0"),
     (["--stop-after-no-improvement", "x"], {}, "--stop-after-no-improvement: 'x' is not a whole"),
-    ([], {"HKS_PRUNE": "sometimes"}, "HKS_PRUNE: 'sometimes' is not one of median, none"),
+    ([], {"HKS_PRUNE": "sometimes"}, "HKS_PRUNE: 'sometimes' is not one of median, asha, none"),
+    ([], {"HKS_ASHA_REDUCTION": "1"}, "HKS_ASHA_REDUCTION: '1' must be at least 2"),
+    (["--asha-grace", "0"], {}, "--asha-grace: '0' must be at least 1"),
     ([], {"HKS_STOP_AFTER": "0"}, "HKS_STOP_AFTER: '0' must be at least 1"),
 ])
 def test_bad_pruning_values_are_refused_with_one_line_and_exit_2(clean_env, tmp_path, args,
@@ -271,12 +340,14 @@ def test_the_analysis_marks_pruned_trials(tmp_path, capsys):
 
 # -------------------------------------------------------------- replay ----
 
-def test_the_replay_on_the_original_results_gives_the_readme_figures(tmp_path, monkeypatch,
-                                                                     capsys):
+@pytest.mark.slow
+def test_the_replay_on_the_original_results_gives_the_documented_figures(tmp_path, monkeypatch,
+                                                                         capsys):
     """The defaults, replayed on the original search's 42 complete curves,
     keep its best trial (67.61%) in every order and save over half the epochs;
-    the README states these very numbers."""
-    for name in ("HKS_PRUNE_STARTUP", "HKS_PRUNE_WARMUP"):
+    docs/pruning.md states the very table, anchors included."""
+    for name in ("HKS_PRUNE", "HKS_PRUNE_STARTUP", "HKS_PRUNE_WARMUP", "HKS_ASHA_GRACE",
+                 "HKS_ASHA_REDUCTION"):
         monkeypatch.delenv(name, raising=False)
     assert analyze_results.main(["--results-dir", str(ORIGINAL_RESULTS), "--out-dir",
                                  str(tmp_path), "--replay-pruning"]) == 0
@@ -285,28 +356,37 @@ def test_the_replay_on_the_original_results_gives_the_readme_figures(tmp_path, m
     assert figures["rule"] == {"name": "median", "startup": defaults["prune_startup"],
                                "warmup": defaults["prune_warmup"]}
     assert figures["trials"] == 42 and figures["orders"] == 500 and figures["epochs_full"] == 4200
+    assert figures["searches"] == 1000
     assert figures["best_accuracy_full"] == pytest.approx(0.6761, abs=1e-4)
     assert figures["best_kept_fraction"] >= 0.99
     assert figures["epochs_saved_fraction"] >= 0.5
+    assert set(figures["anchors"]) == {"optuna_median_default", "ray_asha_default"}
+    assert figures["anchors"]["ray_asha_default"]["rule"] == {"name": "asha", "grace": 1,
+                                                              "reduction": 4}
+    for keys in [figures, *figures["anchors"].values()]:
+        assert {"time_to_best_epochs_mean", "time_to_best_epochs_median",
+                "time_to_best_no_pruning_epochs_mean", "time_to_best_speedup"} <= set(keys)
     assert (tmp_path / analyze_results.REPLAY_PNG).stat().st_size > 1000
 
+    documented = (ROOT / "docs" / "pruning.md").read_text()
+    table = capsys.readouterr().out.splitlines()
+    rows = [line for line in table if "%" in line and "x " in line + " "]
+    assert len(rows) == 4  # chosen, none, Optuna's, Ray Tune's (asha's default is Ray's)
+    for line in rows:
+        cells = line.split()[-7:]  # saved, kept, worst, mean, median, speed-up, never found
+        assert "| " + " | ".join(cells) + " |" in documented, line
     readme = (ROOT / "README.md").read_text()
-    table = capsys.readouterr().out
-    rows = [line.split() for line in table.splitlines() if re.match(r"^[*\s]+\d+\s+\d+\s", line)]
-    assert len(rows) == 1 + len(analyze_results.REPLAY_ALTERNATIVES)
-    for row in rows:
-        startup, warmup, saved, kept = row[-6:-2]
-        assert f"| {startup} | {warmup} | {saved} | {kept} |" in readme, row
     assert f"{figures['epochs_saved_fraction']:.1%} of the epochs" in readme
 
 
 def test_the_replay_follows_the_flags_and_needs_two_complete_curves(tmp_path, capsys):
     assert analyze_results.main(["--results-dir", str(ORIGINAL_RESULTS), "--out-dir",
                                  str(tmp_path), "--replay-pruning", "--orders", "20",
-                                 "--seed", "4", "--prune-startup", "1",
+                                 "--seed", "4", "--searches", "20", "--prune-startup", "1",
                                  "--prune-warmup", "0"]) == 0
     figures = json.loads((tmp_path / analyze_results.REPLAY_JSON).read_text())
     assert figures["rule"]["startup"] == 1 and figures["orders"] == 20 and figures["seed"] == 4
+    assert figures["searches"] == 20
     assert figures["best_kept_fraction"] < 1  # so eager that it loses the best at times
     one = tmp_path / "one"
     utils.save_json_result(analysed_result("aaaa1", [0.1, 0.2], False), one)
@@ -315,11 +395,19 @@ def test_the_replay_follows_the_flags_and_needs_two_complete_curves(tmp_path, ca
 
 
 def test_bad_replay_flags_exit_2(capsys):
-    for bad in (["--orders", "0"], ["--prune-startup", "none"]):
+    for bad in (["--orders", "0"], ["--prune-startup", "none"], ["--searches", "-1"],
+                ["--prune", "asha", "--asha-reduction", "1"]):
         with pytest.raises(SystemExit) as stop:
             analyze_results.main(["--replay-pruning", *bad])
         assert stop.value.code == 2
-    assert "--orders: '0' must be at least 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--orders: '0' must be at least 1" in err and "--asha-reduction: '1' must be" in err
+
+
+def test_replaying_no_rule_is_refused(capsys):
+    assert analyze_results.main(["--results-dir", str(ORIGINAL_RESULTS), "--replay-pruning",
+                                 "--prune", "none"]) == 2
+    assert "--replay-pruning needs a rule" in capsys.readouterr().err
 
 
 def test_help_and_readme_document_the_pruning_flags(clean_env, tmp_path):
@@ -329,7 +417,8 @@ def test_help_and_readme_document_the_pruning_flags(clean_env, tmp_path):
     assert done.returncode == 0
     readme = (ROOT / "README.md").read_text()
     for text in ["--prune", "HKS_PRUNE", "--prune-startup", "HKS_PRUNE_STARTUP",
-                 "--prune-warmup", "HKS_PRUNE_WARMUP", "--stop-after-no-improvement",
+                 "--prune-warmup", "HKS_PRUNE_WARMUP", "--asha-grace", "HKS_ASHA_GRACE",
+                 "--asha-reduction", "HKS_ASHA_REDUCTION", "--stop-after-no-improvement",
                  "HKS_STOP_AFTER", "52.5% of the epochs"]:
         assert text in " ".join(done.stdout.split()) and text in readme, text
 

@@ -1,0 +1,193 @@
+"""Replay the stopping rules of pruning.py on complete learning curves (one
+per trial of a search that trained every epoch), through the rules' own
+code, to judge them:
+
+- `replay`: the curves in random orders, without replacement, as one
+  search: the epochs the rule would have saved, and whether the pruned
+  search still finds the full search's best trial.
+- `time_to_best`: the question a user asks, how many epochs until the search
+  holds its best model. A simulated search draws trials at random, WITH
+  replacement (standing in for TPE proposing more trials in the time that
+  stopping saves), and runs them one after another under the rule; it ends
+  when a trial reaches the set's best accuracy (a best trial stopped before
+  it got there does not count, and may be drawn again). Each trial sees what
+  a real search would: its own curve so far, and the earlier trials
+  (complete ones whole, stopped ones as far as they ran).
+
+Nothing here imports Keras. analyze_results.py --replay-pruning prints both.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+import pruning
+
+REPLAY_ORDERS = 500  # analyze_results.py --replay-pruning
+SEARCHES = 1000  # simulated searches for the time to best
+MAX_DRAWS_PER_CURVE = 10  # a search that never finds the best ends after 10 x N trials
+
+
+class Run:
+    """The trials of one replayed search so far, as the table the rules read."""
+
+    def __init__(self, rule, epochs, capacity):
+        self.rule, self.epochs = rule, epochs
+        self.table = np.full((capacity, epochs), np.nan)
+        self.stopped = np.zeros(capacity, dtype=bool)
+        self.count = 0
+        self.thresholds = rule.from_table(self.table[:0], self.stopped[:0])
+
+    def train(self, curve):
+        """Run one trial of `curve` under the rule: the epochs it ran."""
+        stop = self.rule.first_stop(curve, self.thresholds)
+        ran = curve if stop is None else curve[:stop]
+        if self.count == len(self.table):  # grow: a long simulated search
+            self.table = np.vstack([self.table, np.full_like(self.table, np.nan)])
+            self.stopped = np.concatenate([self.stopped, np.zeros_like(self.stopped)])
+        self.table[self.count, :len(ran)] = ran
+        self.stopped[self.count] = stop is not None
+        self.count += 1
+        if stop is None or self.rule.reads_stopped:  # else the thresholds stay as they are
+            self.thresholds = self.rule.from_table(self.table[:self.count],
+                                                   self.stopped[:self.count])
+        return ran
+
+
+def prepared(curves, epochs):
+    curves = [np.asarray(c, dtype=float) for c in curves]
+    epochs = epochs or max(len(c) for c in curves)
+    return [c[:epochs] for c in curves], epochs
+
+
+def best_of(values):
+    return np.nanmax(values) if np.isfinite(values).any() else -math.inf
+
+
+def replay(curves, rule, orders=REPLAY_ORDERS, seed=0, epochs=None):
+    """`rule` on `curves` taken in `orders` random orders: for each, the
+    epochs that would have been trained and the best accuracy the pruned
+    search would have found. Returns the figures of pruning_replay.json."""
+    curves, epochs = prepared(curves, epochs)
+    full_best = max(best_of(c) for c in curves)
+    rng = np.random.default_rng(seed)
+    trained, bests, pruned = [], [], []
+    for _ in range(orders):
+        run, total, best = Run(rule, epochs, len(curves)), 0, -math.inf
+        for index in rng.permutation(len(curves)):
+            ran = run.train(curves[index])
+            total += len(ran)
+            best = max(best, best_of(ran))
+        trained.append(total)
+        bests.append(best)
+        pruned.append(int(run.stopped[:run.count].sum()))
+    full = sum(len(c) for c in curves)
+    bests = np.asarray(bests)
+    return {
+        "rule": rule.describe(),
+        "trials": len(curves),
+        "orders": orders,
+        "seed": seed,
+        "epochs_full": int(full),
+        "epochs_with_pruning_mean": float(np.mean(trained)),
+        "epochs_saved_fraction": float(1 - np.mean(trained) / full),
+        "pruned_trials_mean": float(np.mean(pruned)),
+        "best_accuracy_full": float(full_best),
+        "best_kept_fraction": float(np.mean(bests >= full_best)),
+        "worst_best_accuracy": float(bests.min()),
+    }
+
+
+def search_times(curves, rule, searches, seed, epochs):
+    """Epochs until each of `searches` simulated searches holds the best
+    trial (see the module's doc); a search that has not found it after
+    MAX_DRAWS_PER_CURVE x len(curves) trials counts what it trained so far
+    (and is counted in `without_best`). Returns (times, without_best)."""
+    full_best = max(best_of(c) for c in curves)
+    rng = np.random.default_rng(seed)
+    times, without_best = [], 0
+    for _ in range(searches):
+        run, total = Run(rule, epochs, 4 * len(curves)), 0
+        for index in rng.integers(len(curves), size=MAX_DRAWS_PER_CURVE * len(curves)):
+            ran = run.train(curves[index])
+            total += len(ran)
+            if best_of(ran) >= full_best:
+                break
+        else:
+            without_best += 1
+        times.append(total)
+    return np.asarray(times, dtype=float), without_best
+
+
+class NoRule(pruning.Rule):
+    """Trains every epoch: the baseline of the time to best."""
+    name = "none"
+
+    def describe(self):
+        return {"name": "none"}
+
+    def label(self):
+        return "none"
+
+    def from_table(self, table, stopped):
+        return np.full(table.shape[1], np.nan)
+
+
+def time_to_best(curves, rule, searches=SEARCHES, seed=0, epochs=None, baseline=None):
+    """Time to best under `rule` and without stopping (the same draws: the
+    same seed), in epochs: {time_to_best_epochs_mean, ..._median,
+    time_to_best_no_pruning_epochs_mean, time_to_best_speedup, searches}.
+    `baseline`: the no-stopping times when already computed."""
+    curves, epochs = prepared(curves, epochs)
+    with_rule, without_best = search_times(curves, rule, searches, seed, epochs)
+    if baseline is None:
+        baseline, _ = search_times(curves, NoRule(), searches, seed, epochs)
+    return {
+        "time_to_best_epochs_mean": float(with_rule.mean()),
+        "time_to_best_epochs_median": float(np.median(with_rule)),
+        "time_to_best_no_pruning_epochs_mean": float(baseline.mean()),
+        "time_to_best_no_pruning_epochs_median": float(np.median(baseline)),
+        "time_to_best_speedup": float(baseline.mean() / with_rule.mean()),
+        "searches": searches,
+        "searches_without_best_fraction": without_best / searches,
+    }
+
+
+def judge(curves, rule, orders=REPLAY_ORDERS, searches=SEARCHES, seed=0, baseline=None):
+    """Both replays of `rule`: the keys of pruning_replay.json."""
+    return {**replay(curves, rule, orders, seed),
+            **time_to_best(curves, rule, searches, seed, baseline=baseline)}
+
+
+# Measured the same way beside the project's rules: what users of Optuna and
+# Ray Tune get by default (Optuna's MedianPruner: n_startup_trials 5,
+# n_warmup_steps 0; Ray Tune's ASHAScheduler: grace_period 1, reduction_factor 4).
+ANCHORS = {"optuna_median_default": ("Optuna's default median", pruning.MedianRule(5, 0)),
+           "ray_asha_default": ("Ray Tune's default ASHA", pruning.AshaRule(1, 4))}
+
+
+def rules_to_compare(chosen, defaults):
+    """(key, label, rule) rows: the chosen rule, no stopping, the anchors and
+    each of the project's rules at its defaults (`defaults`: a flags
+    TrialSettings), each rule once."""
+    rows = [("chosen", f"{chosen.label()} (chosen)", chosen), ("none", "none", NoRule())]
+    rows += [(key, f"{label}: {rule.label()}", rule) for key, (label, rule) in ANCHORS.items()]
+    for name in pruning.RULES:
+        rule = pruning.rule_of(dataclasses.replace(defaults, prune=name))
+        rows.append((f"{name}_default", f"{rule.label()}: default", rule))
+    seen, unique = set(), []
+    for key, label, rule in rows:
+        if repr(rule.describe()) not in seen:
+            seen.add(repr(rule.describe()))
+            unique.append((key, label, rule))
+    return unique
+
+
+def compare(curves, chosen, defaults, orders=REPLAY_ORDERS, searches=SEARCHES, seed=0):
+    """judge() of every row of rules_to_compare, with one shared baseline:
+    [(key, label, figures)]."""
+    prepared_curves, epochs = prepared(curves, None)
+    baseline, _ = search_times(prepared_curves, NoRule(), searches, seed, epochs)
+    return [(key, label, judge(curves, rule, orders, searches, seed, baseline))
+            for key, label, rule in rules_to_compare(chosen, defaults)]

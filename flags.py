@@ -84,22 +84,24 @@ def flag_value(text):
     raise ValueError(f"{text!r} is not one of 1/0, true/false, yes/no")
 
 
-def precision_name(text):
+def one_of(text, choices):
+    """`text` as one of `choices` (any case and spacing)."""
     value = str(text).strip().lower()
-    if value not in PRECISIONS:
-        raise ValueError(f"{text!r} is not one of {', '.join(PRECISIONS)}")
+    if value not in choices:
+        raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
     return value
+
+
+def precision_name(text):
+    return one_of(text, PRECISIONS)
+
+
+def prune_rule(text):
+    return one_of(text, PRUNE_RULES)
 
 
 def reduction_factor(text):
     return whole_number(text, 2)
-
-
-def prune_rule(text):
-    value = str(text).strip().lower()
-    if value not in PRUNE_RULES:
-        raise ValueError(f"{text!r} is not one of {', '.join(PRUNE_RULES)}")
-    return value
 
 
 def dataset_spec(text):

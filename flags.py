@@ -222,9 +222,12 @@ class TrialSettings(MachineSettings):
         "median", "--prune", "HKS_PRUNE", prune_rule,
         "stop hopeless trials early: median (after an epoch, stop a trial whose "
         "best validation fine accuracy so far is below the median of the earlier "
-        "completed trials at that epoch) or none. Replayed on the original search's "
-        "42 learning curves, the default settings save 52.5%% of the epochs and keep "
-        "its best trial in every order (README: Stopping hopeless trials)")
+        "completed trials at that epoch), asha (asynchronous successive halving as "
+        "Ray Tune defines it: at rungs of --asha-grace x --asha-reduction^k epochs, stop "
+        "the trials below the top 1/reduction of the earlier trials there) or none. "
+        "Replayed on the original search's 42 learning curves, the default settings "
+        "save 52.5%% of the epochs and keep its best trial in every order "
+        "(docs/pruning.md)")
     prune_startup: int = setting(
         4, "--prune-startup", "HKS_PRUNE_STARTUP", positive_int,
         "median: prune only at epochs that at least N completed (not pruned) trials "

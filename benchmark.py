@@ -224,16 +224,23 @@ def prepare(variant, data, steps):
 
 
 def loop_clock():
-    """A callback that notes when fit's first step begins (`.started`): a
-    timed run counts from there to fit's return (every batch, and the final
-    sync), not fit's set-up before the loop, which a trial pays once in 100
-    epochs, not once per epoch."""
+    """A callback that notes when the epoch's first step begins (`.started`)
+    and when the epoch ends (`.stopped`, after Keras has turned its logs into
+    numbers, so every batch has finished on any backend). Left out: fit's
+    set-up before the loop and its tear-down after it, which a trial pays
+    once in 100 epochs. The tear-down varies by itself: under TensorFlow
+    fit often returns only at the next of a doubling series of moments after
+    the loop began (1.27, 2.55, 5.11, 10.23 s ...), which made single runs
+    jump between two speeds (about 50 and 90 images/s at one batch of 64)."""
     import keras
 
     class LoopClock(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
             if batch == 0:
                 self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.stopped = time.perf_counter()
     return LoopClock()
 
 
@@ -262,7 +269,7 @@ def run_throughput(args, data):
 def timed_run(variant):
     clock = loop_clock()
     variant.fit(callbacks=[clock])
-    variant.seconds.append(time.perf_counter() - clock.started)
+    variant.seconds.append(clock.stopped - clock.started)
 
 
 def comparisons(variants):

@@ -53,6 +53,9 @@ import synthetic_data  # noqa: E402
 import utils  # noqa: E402
 
 FULL = {"kills": 20, "max_evals": 24, "worker_kills": 4, "mongo_evals": 16, "reference": True}
+# A random kill lands this many seconds after the search starts: within its
+# first trials, even when --quick's three tiny trials take under 20 s.
+RANDOM_KILL_S = (3.0, 12.0)
 QUICK = {"kills": 2, "max_evals": 3, "worker_kills": 1, "mongo_evals": 5, "reference": False}
 STALE_AFTER = 3.0  # the MongoDB part's --stale-after, seconds
 # Workers wait this long for a queued trial, so that none leaves while the
@@ -95,7 +98,7 @@ def kill_local_search(folder, command, env, at_result, rng, log):
     before = result_names(folder / "results")
     started = time.monotonic()
     search = subprocess.Popen(command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = started + (60 if at_result else rng.uniform(3.0, 25.0))
+    deadline = started + (60 if at_result else rng.uniform(*RANDOM_KILL_S))
     children = []
     while time.monotonic() < deadline and search.poll() is None:
         children = descendants(search) or children

@@ -5,19 +5,20 @@ In one run, on a synthetic data set in the real CIFAR-100 format
 
 1. training throughput (images/s) of the seed's best and demo hyperspaces
    through this project's training path (neural_net.build_model + fit_model,
-   what a trial runs), against a plain Keras reference written below: the same
-   architecture, float32 NumPy arrays and one-hot labels, fitted the simplest
-   way. Each ratio comes from its own interleaved pairs of runs (project,
-   reference; reference, project; ...): the median of the pairs' ratios,
-   with their count, min and max under `ratio_pairs` in the JSON, so a
-   machine whose speed jumps between levels still compares like with like;
+   what a trial runs), against the plain Keras reference of
+   reference_model.py: the same architecture, float32 NumPy arrays and
+   one-hot labels, fitted the simplest way; and with one head (CIFAR-10 or
+   a folder of class folders) against two, for what the second head costs.
+   A timed run is one epoch, from its first step to its end (loop_clock).
+   Each ratio comes from its own interleaved pairs of runs (project then
+   reference, reference then project, ...): the median of the pairs'
+   ratios, so a machine whose speed jumps between levels still compares
+   like with like;
 2. the original design's augmentation (a per-image map_fn flip) against
-   Keras' vectorised RandomFlip;
+   Keras' vectorised RandomFlip, from pairs too;
 3. trial overhead: seconds from the objective being called to the end of the
    first training step, with the data already in memory, from the decoded
    copy on disk, from the tar.gz archive, and in a trial process;
-   The same throughput with one head (CIFAR-10 or a folder of class
-   folders) against two, for what the second head costs;
 4. how long TPE takes to suggest a trial with 10, 100 and 1000 finished ones;
 5. memory over consecutive small trials: the search process must stay flat;
 6. a folder of photo-sized image files (--dataset DIR): the time to decode
@@ -29,7 +30,9 @@ In one run, on a synthetic data set in the real CIFAR-100 format
         --precisions float32,mixed_bfloat16   # on a GPU
 
 Every ratio is stored under a key ending in `_ratio`, above 1 when the first
-named is faster (e.g. `best_vs_reference_ratio`).
+named is faster (e.g. `best_vs_reference_ratio`): the median of its pairs.
+Beside them, `ratio_pairs` holds per ratio key {"pairs": N,
+"pair_ratio_min": x, "pair_ratio_max": y, "per_pair": [each pair's ratio]}.
 """
 
 import argparse
@@ -224,14 +227,12 @@ def prepare(variant, data, steps):
 
 
 def loop_clock():
-    """A callback that notes when the epoch's first step begins (`.started`)
-    and when the epoch ends (`.stopped`, after Keras has turned its logs into
-    numbers, so every batch has finished on any backend). Left out: fit's
-    set-up before the loop and its tear-down after it, which a trial pays
-    once in 100 epochs. The tear-down varies by itself: under TensorFlow
-    fit often returns only at the next of a doubling series of moments after
-    the loop began (1.27, 2.55, 5.11, 10.23 s ...), which made single runs
-    jump between two speeds (about 50 and 90 images/s at one batch of 64)."""
+    """A callback noting when the epoch's first step begins (`.started`) and
+    when the epoch ends (`.stopped`: its logs are numbers by then, so every
+    batch has finished, on any backend). Left out: fit's set-up and
+    tear-down, paid once in a 100-epoch trial. Under TensorFlow fit often
+    returns only at the next of the moments 1.27, 2.55, 5.11, 10.23 s ...
+    after its loop began, which made runs jump between two speeds."""
     import keras
 
     class LoopClock(keras.callbacks.Callback):
@@ -255,14 +256,15 @@ def run_throughput(args, data):
         prepare(variant, data, args.steps)
     pairs = {}
     for key, faster, slower in comparisons(variants):
-        ratios = []
+        ratios, started = [], time.perf_counter()
         for rep in range(args.repeats):
             first, second = (faster, slower) if rep % 2 == 0 else (slower, faster)
             timed_run(first)
             timed_run(second)
             ratios.append(slower.seconds[-1] / faster.seconds[-1])
         pairs[key] = ratios
-        print(f"  {key}: {len(ratios)} pairs done", flush=True)
+        print(f"  {key}: {len(ratios)} pairs in {time.perf_counter() - started:.0f} s, "
+              f"{' '.join(f'{r:.2f}' for r in ratios)}", flush=True)
     return throughput_report(variants, args.steps, pairs)
 
 
@@ -304,7 +306,7 @@ def comparisons(variants):
 def throughput_report(variants, steps, pairs):
     """Rows of images/s per variant (over every run it took part in), each
     ratio (the median of its pairs) and `ratio_pairs`: per ratio the count,
-    min and max of its pairs' ratios."""
+    min and max of its pairs' ratios, and each pair's (in the order run)."""
     rows = []
     for v in variants:
         ips = v.images_per_second(v.batch_size * steps)
@@ -315,7 +317,8 @@ def throughput_report(variants, steps, pairs):
                      "first_step_seconds": v.first_step_seconds})
     ratios = {key: statistics.median(values) for key, values in pairs.items()}
     ratios["ratio_pairs"] = {key: {"pairs": len(values), "pair_ratio_min": min(values),
-                                   "pair_ratio_max": max(values)}
+                                   "pair_ratio_max": max(values),
+                                   "per_pair": [round(v, 3) for v in values]}
                              for key, values in pairs.items()}
     return rows, ratios
 

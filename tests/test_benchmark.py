@@ -2,6 +2,7 @@
 (The benchmark is not a timed test: no speed is asserted here.)"""
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -9,8 +10,9 @@ import pytest
 
 from conftest import ROOT
 
-# --quick, shrunk further to a small model and few trials to keep the suite short.
-QUICK_AND_SMALL = ["--quick", "--models", "small", "--steps", "1", "--repeats", "2",
+# --quick (its 5 pairs per ratio), shrunk to a small model and few trials to
+# keep the suite short.
+QUICK_AND_SMALL = ["--quick", "--models", "small", "--steps", "1",
                    "--archive-images", "600", "--tpe-trials", "10,20", "--memory-trials", "2",
                    "--folder-images", "40"]
 
@@ -29,7 +31,7 @@ def test_quick_benchmark_writes_well_formed_json(tmp_path, clean_env):
     assert {(r["model"], r["variant"]) for r in rows} == {
         ("small", "project"), ("small", "reference"), ("small", "map_fn"), ("small", "one_head")}
     for row in rows:  # a variant runs in every pair it is part of
-        assert row["runs"] >= 2 and row["batch_size"] == 64
+        assert row["runs"] >= 5 and row["batch_size"] == 64
         assert 0 < row["min"] <= row["images_per_second"] <= row["max"]
         assert row["first_step_seconds"] > 0
     assert report["small_vs_reference_ratio"] > 0
@@ -38,8 +40,10 @@ def test_quick_benchmark_writes_well_formed_json(tmp_path, clean_env):
     assert set(report["ratio_pairs"]) == set(ratios) and len(ratios) == 3
     for key in ratios:  # each ratio: the median of its own interleaved pairs
         pairs = report["ratio_pairs"][key]
-        assert pairs["pairs"] == 2
-        assert pairs["pair_ratio_min"] <= report[key] <= pairs["pair_ratio_max"]
+        assert pairs["pairs"] == report["settings"]["repeats"] >= 5  # --quick's
+        assert 0 < pairs["pair_ratio_min"] <= report[key] <= pairs["pair_ratio_max"]
+        assert len(pairs["per_pair"]) == pairs["pairs"]
+        assert report[key] == pytest.approx(statistics.median(pairs["per_pair"]), abs=1e-3)
 
     assert set(report["overhead_seconds"]) == {
         "in_process_from_archive", "in_process_from_disk_cache", "in_process_data_in_memory",
@@ -55,7 +59,7 @@ def test_quick_benchmark_writes_well_formed_json(tmp_path, clean_env):
     assert folder["images"] == 40 and folder["cache_mb"] > 0
     assert set(folder["seconds"]) == {"decode_and_cache", "from_cache"}
     assert "small_vs_reference_ratio" in run.stdout  # the printed table
-    assert "median of 2 paired runs" in run.stdout
+    assert "median of 5 paired runs" in run.stdout
     assert "A folder of 40 images" in run.stdout
 
 

@@ -341,7 +341,9 @@ def replay_pruning(trials, rule, orders, searches, seed, out_dir):
     print(f"Replaying stopping rules on {len(curves)} complete learning curves: "
           f"{orders} random orders, {searches} simulated searches to the best (seed {seed})"
           + (f"; {left_out} failed, pruned or curve-less results left out." if left_out else "."))
-    rows = pruning_replay.compare(curves, rule, flags.TrialSettings(), orders, searches, seed)
+    baseline = pruning_replay.baseline_times(curves, searches, seed)  # once, for every rule
+    rows = pruning_replay.compare(curves, rule, flags.TrialSettings(), orders, searches, seed,
+                                  baseline)
     print(replay_table(rows).to_string(index=False))
     figures = rows[0][2]
     print(f"Full search: {figures['epochs_full']} epochs, best {figures['best_accuracy_full']:.4f}."
@@ -352,10 +354,9 @@ def replay_pruning(trials, rule, orders, searches, seed, out_dir):
     write_output(out_dir / REPLAY_JSON, json.dumps(
         {**figures, "anchors": anchors, "compared": {key: f for key, _, f in rows}},
         indent=2) + "\n")
-    sweeps = [pruning_replay.judge(curves, other, orders, searches, seed)
-              for other in REPLAY_SWEEPS if other not in [r for _, _, r in
-                                                          pruning_replay.rules_to_compare(
-                                                              rule, flags.TrialSettings())]]
+    compared = [r for _, _, r in pruning_replay.rules_to_compare(rule, flags.TrialSettings())]
+    sweeps = [pruning_replay.judge(curves, other, orders, searches, seed, baseline)
+              for other in REPLAY_SWEEPS if other not in compared]
     points = [(label, f) for _, label, f in rows] + [(None, f) for f in sweeps]
     write_output(out_dir / REPLAY_PNG, analysis_plots.replay(points))
     print(f"Wrote {REPLAY_JSON}, {REPLAY_PNG} in {out_dir}/")

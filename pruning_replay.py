@@ -184,10 +184,18 @@ def rules_to_compare(chosen, defaults):
     return unique
 
 
-def compare(curves, chosen, defaults, orders=REPLAY_ORDERS, searches=SEARCHES, seed=0):
+def baseline_times(curves, searches=SEARCHES, seed=0):
+    """The no-stopping search times that every rule's speed-up divides: the
+    same for every rule replayed with the same searches and seed."""
+    prepared_curves, epochs = prepared(curves, None)
+    return search_times(prepared_curves, NoRule(), searches, seed, epochs)[0]
+
+
+def compare(curves, chosen, defaults, orders=REPLAY_ORDERS, searches=SEARCHES, seed=0,
+            baseline=None):
     """judge() of every row of rules_to_compare, with one shared baseline:
     [(key, label, figures)]."""
-    prepared_curves, epochs = prepared(curves, None)
-    baseline, _ = search_times(prepared_curves, NoRule(), searches, seed, epochs)
+    if baseline is None:
+        baseline = baseline_times(curves, searches, seed)
     return [(key, label, judge(curves, rule, orders, searches, seed, baseline))
             for key, label, rule in rules_to_compare(chosen, defaults)]

@@ -17,7 +17,6 @@ are left out on both sides, and a tie goes on. The rules:
   whose accuracy there is below the (1 - 1/reduction) quantile of the
   accuracies there of every earlier trial that reached the rung (stopped
   ones included).
-- `TOPK_DOC`
 
 One copy of each rule serves all its users: the trials' Keras callback
 (training_callbacks.PruningCallback, fed with the earlier trials by the

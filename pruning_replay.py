@@ -14,7 +14,12 @@ code, to judge them:
   a real search would: its own curve so far, and the earlier trials
   (complete ones whole, stopped ones as far as they ran).
 
-Nothing here imports Keras. analyze_results.py --replay-pruning prints both.
+- `split_half`: how the default was chosen. On one seeded random half of
+  the curves, the candidate fastest to the best among those that keep it in
+  99% of orders (`choose`), judged on the other half; and the other way
+  round.
+
+Nothing here imports Keras. analyze_results.py --replay-pruning prints them.
 """
 
 import dataclasses
@@ -171,11 +176,11 @@ def rules_to_compare(chosen, defaults):
     """(key, label, rule) rows: the chosen rule, no stopping, the anchors and
     each of the project's rules at its defaults (`defaults`: a flags
     TrialSettings), each rule once."""
-    rows = [("chosen", f"{chosen.label()} (chosen)", chosen), ("none", "none", NoRule())]
+    own = [pruning.rule_of(dataclasses.replace(defaults, prune=name)) for name in pruning.RULES]
+    chosen_label = f"{chosen.label()}{': default' if chosen in own else ''} (chosen)"
+    rows = [("chosen", chosen_label, chosen), ("none", "none", NoRule())]
     rows += [(key, f"{label}: {rule.label()}", rule) for key, (label, rule) in ANCHORS.items()]
-    for name in pruning.RULES:
-        rule = pruning.rule_of(dataclasses.replace(defaults, prune=name))
-        rows.append((f"{name}_default", f"{rule.label()}: default", rule))
+    rows += [(f"{rule.name}_default", f"{rule.label()}: default", rule) for rule in own]
     seen, unique = set(), []
     for key, label, rule in rows:
         if repr(rule.describe()) not in seen:
@@ -199,3 +204,86 @@ def compare(curves, chosen, defaults, orders=REPLAY_ORDERS, searches=SEARCHES, s
         baseline = baseline_times(curves, searches, seed)
     return [(key, label, judge(curves, rule, orders, searches, seed, baseline))
             for key, label, rule in rules_to_compare(chosen, defaults)]
+
+
+# ------------------------------------------- choosing the default ----
+
+BEST_KEPT_NEEDED = 0.99  # a default keeps the best trial in 99% of orders
+NEVER_FOUND_ALLOWED = 0.01  # and lets at most 1% of simulated searches miss it
+CANDIDATES = ([pruning.MedianRule(startup, warmup) for startup in (3, 4, 5, 8)
+               for warmup in (5, 10, 15, 20, 25, 30)]
+              + [pruning.AshaRule(grace, reduction)
+                 for grace in (1, 5, 10, 15, 20, 25, 30) for reduction in (2, 3, 4)])
+
+
+def keeps_the_best(figures):
+    """Whether a rule's figures (judge's) keep the best trial: in
+    BEST_KEPT_NEEDED of orders and all but NEVER_FOUND_ALLOWED of searches."""
+    return (figures["best_kept_fraction"] >= BEST_KEPT_NEEDED
+            and figures["searches_without_best_fraction"] <= NEVER_FOUND_ALLOWED)
+
+
+def judged_if_kept(curves, rule, orders, searches, seed, baseline):
+    """judge(), or only the replay's figures when it loses the best there
+    (the time to best of such a rule is the slow one to simulate)."""
+    figures = replay(curves, rule, orders, seed)
+    if figures["best_kept_fraction"] >= BEST_KEPT_NEEDED:
+        figures.update(time_to_best(curves, rule, searches, seed, baseline=baseline))
+    return figures
+
+
+def fastest(rows):
+    """(rule, figures) of the fastest to the best of `rows` whose figures on
+    every set keep the best (the last set's speed-up decides); (None, None)."""
+    passing = [(rule, sets) for rule, sets in rows if all(
+        "time_to_best_speedup" in f and keeps_the_best(f) for f in sets)]
+    if not passing:
+        return None, None
+    rule, sets = max(passing, key=lambda pair: pair[1][-1]["time_to_best_speedup"])
+    return rule, sets[-1]
+
+
+def halves_of(count, seed):
+    """A seeded random split of range(count) into two sorted halves."""
+    order = np.random.default_rng(seed).permutation(count)
+    return sorted(order[:count // 2]), sorted(order[count // 2:])
+
+
+def choose(curves, candidates=CANDIDATES, orders=REPLAY_ORDERS, searches=SEARCHES, seed=0):
+    """The candidate fastest to the best on `curves` among those that keep it
+    (keeps_the_best), with its figures; (None, None) when none does."""
+    baseline = baseline_times(curves, searches, seed)
+    return fastest([(rule, [judged_if_kept(curves, rule, orders, searches, seed, baseline)])
+                    for rule in candidates])
+
+
+def split_half(curves, candidates=CANDIDATES, orders=REPLAY_ORDERS, searches=SEARCHES, seed=0):
+    """Choose on one seeded random half of `curves`, judge on the other, and
+    the other way round: [{chosen_on, curves (indices), rule, label,
+    chosen_figures, held_out_figures}].
+    Settings tuned on all the curves flatter themselves; these do not."""
+    first, second = halves_of(len(curves), seed)
+    rows = []
+    for name, mine, other in (("first half", first, second), ("second half", second, first)):
+        rule, figures = choose([curves[i] for i in mine], candidates, orders, searches, seed)
+        held_out = None if rule is None else judge([curves[i] for i in other], rule, orders,
+                                                   searches, seed)
+        rows.append({"chosen_on": name, "curves": [int(i) for i in mine],
+                     "rule": None if rule is None else rule.describe(),
+                     "label": None if rule is None else rule.label(),
+                     "chosen_figures": figures, "held_out_figures": held_out})
+    return rows
+
+
+def choose_default(curves, candidates=CANDIDATES, orders=REPLAY_ORDERS, searches=SEARCHES,
+                   seed=0):
+    """The project's default: the candidate fastest to the best on all
+    `curves` among those that keep the best on each half (halves_of) and on
+    all of them. Returns (rule, figures on all, [figures on each half])."""
+    sets = [[curves[i] for i in half] for half in halves_of(len(curves), seed)] + [curves]
+    baselines = [baseline_times(c, searches, seed) for c in sets]
+    rows = [(rule, [judged_if_kept(c, rule, orders, searches, seed, b)
+                    for c, b in zip(sets, baselines)]) for rule in candidates]
+    rule, figures = fastest(rows)
+    halves = [] if rule is None else dict(rows)[rule][:2]
+    return rule, figures, halves

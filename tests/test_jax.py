@@ -25,7 +25,7 @@ space = json.loads({space!r})
 # by the median of a perfect earlier trial:
 space = dict(space, residual=1.0, use_BN=True, activation="elu")
 config = flags.TrialSettings(epochs=2, dataset={folder!r}, image_size=40, cache_dir={cache!r},
-                             prune_startup=1, prune_warmup=0)
+                             prune="median", prune_startup=1, prune_warmup=0)
 model, name, result = neural_net.build_and_train(space, config=config, earlier=[[1.0, 1.0]])
 print("RESULT", json.dumps({{"backend": keras.backend.backend(), "status": result["status"],
                            "name": name, "pruned": result["pruned"],

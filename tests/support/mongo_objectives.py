@@ -17,8 +17,8 @@ folders, `earlier` the other trials' curves for pruning (unused here). They retu
   perfect_on_first_worker - on a worker started with HKS_TEST_PERFECT=1, a
            complete trial of perfect accuracy at every epoch, made up at
            once; elsewhere real training (hyperopt_optimize.optimize_cnn,
-           with pruning), which the median rule must then prune after the
-           warm-up, from the other worker's curve read back from MongoDB.
+           with pruning), which the stopping rule must then prune, from the
+           other worker's curves read back from MongoDB.
 """
 
 import os

@@ -55,6 +55,7 @@ import pandas as pd
 
 import analysis_plots
 import flags
+import kept_models
 import pruning
 import pruning_replay
 import tensorboard_hparams
@@ -83,7 +84,8 @@ RESULT_COLUMNS = [
 # --replay-pruning: more settings of the rules, drawn in pruning_replay.png
 # beside the rules of the table.
 REPLAY_SWEEPS = [pruning.MedianRule(3, 25), pruning.MedianRule(8, 12), pruning.MedianRule(4, 40),
-                 pruning.AshaRule(10, 3), pruning.AshaRule(5, 3), pruning.AshaRule(20, 2)]
+                 pruning.AshaRule(10, 3), pruning.AshaRule(5, 3), pruning.AshaRule(10, 2),
+                 pruning.AshaRule(20, 2), pruning.AshaRule(20, 3), pruning.AshaRule(30, 3)]
 REPLAY_JSON = "pruning_replay.json"
 REPLAY_PNG = "pruning_replay.png"
 
@@ -237,6 +239,7 @@ def leaderboard(frame, hparams, ok, top):
         "coarse": best["coarse_best_accuracy"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}"),
         "epochs": [epochs_text(row) for _, row in best.iterrows()],
         "time": best["training_seconds"].map(lambda v: "-" if pd.isna(v) else f"{v:.0f} s"),
+        "model": best["kept_model"].map({True: "kept", False: "-"}),
     })
     for name in shown:
         table[name] = best[name].map(short_value)
@@ -337,7 +340,7 @@ def replay_pruning(trials, rule, orders, searches, seed, out_dir):
     if len(curves) < 2:
         print(f"Cannot replay pruning: {len(curves)} complete learning curve(s) in these "
               "results; it needs at least 2 successful trials that were not pruned.")
-        return
+        return curves, None
     print(f"Replaying stopping rules on {len(curves)} complete learning curves: "
           f"{orders} random orders, {searches} simulated searches to the best (seed {seed})"
           + (f"; {left_out} failed, pruned or curve-less results left out." if left_out else "."))
@@ -360,6 +363,42 @@ def replay_pruning(trials, rule, orders, searches, seed, out_dir):
     points = [(label, f) for _, label, f in rows] + [(None, f) for f in sweeps]
     write_output(out_dir / REPLAY_PNG, analysis_plots.replay(points))
     print(f"Wrote {REPLAY_JSON}, {REPLAY_PNG} in {out_dir}/")
+    return curves, {**figures, "anchors": anchors, "compared": {key: f for key, _, f in rows}}
+
+
+def replay_split_half(curves, figures, orders, searches, seed, out_dir):
+    """--split-half: the default chosen on one seeded half of the curves and
+    judged on the other, both ways (pruning_replay.split_half), printed and
+    added to REPLAY_JSON under "split_half"."""
+    print(f"Choosing among {len(pruning_replay.CANDIDATES)} rules and settings on each half "
+          f"of the {len(curves)} curves (the fastest to the best that keeps it in "
+          f"{pruning_replay.BEST_KEPT_NEEDED:.0%} of orders and "
+          f"{1 - pruning_replay.NEVER_FOUND_ALLOWED:.0%} of searches), judged on the other half:")
+    rows = pruning_replay.split_half(curves, orders=orders, searches=searches, seed=seed)
+    for row in rows:
+        if row["rule"] is None:
+            print(f"  chosen on the {row['chosen_on']}: no rule keeps the best there")
+            continue
+        mine, held = row["chosen_figures"], row["held_out_figures"]
+        print(f"  chosen on the {row['chosen_on']}: {row['label']}; there "
+              f"{mine['time_to_best_speedup']:.2f}x, best kept {mine['best_kept_fraction']:.1%}; "
+              f"held out: {held['time_to_best_speedup']:.2f}x, best kept "
+              f"{held['best_kept_fraction']:.1%}, epochs saved {held['epochs_saved_fraction']:.1%}")
+    rule, on_all, on_halves = pruning_replay.choose_default(curves, orders=orders,
+                                                            searches=searches, seed=seed)
+    if rule is None:
+        print("No candidate keeps the best on each half and on all the curves.")
+    else:
+        print(f"The fastest to the best on all {len(curves)} curves that keeps it on each half "
+              f"and on all: {rule.label()}: " + ", ".join(
+                  f"{name} {f['time_to_best_speedup']:.2f}x (best kept "
+                  f"{f['best_kept_fraction']:.1%}, never found "
+                  f"{f['searches_without_best_fraction']:.1%})" for name, f in
+                  zip(("first half", "second half", "all"), [*on_halves, on_all])))
+    default = None if rule is None else {"rule": rule.describe(), "figures": on_all,
+                                         "halves": on_halves}
+    write_output(out_dir / REPLAY_JSON, json.dumps(
+        {**figures, "split_half": rows, "default_choice": default}, indent=2) + "\n")
 
 
 def replay_table(rows):
@@ -410,6 +449,10 @@ def build_parser():
                         help="simulated searches for the time to best (default: %(default)s)")
     replay.add_argument("--seed", type=flags.argparse_type(flags.non_negative_int),
                         default=0, metavar="S", help="seed of the orders (default: %(default)s)")
+    replay.add_argument("--split-half", action="store_true",
+                        help="also choose the default honestly: the fastest to the best "
+                             "among pruning_replay.CANDIDATES on one seeded half of the "
+                             "curves, judged on the other half, both ways (minutes)")
     flags.add_options(replay, flags.TrialSettings, only=REPLAY_SETTINGS)
     return parser
 
@@ -439,8 +482,15 @@ def main(argv=None):
                 print("error: --replay-pruning needs a rule: --prune none replays nothing "
                       f"(give one of {', '.join(flags.PRUNE_RULES[:-1])})", file=sys.stderr)
                 return 2
-            replay_pruning(trials, rule, args.orders, args.searches, args.seed,
-                           make_out_dir(args.out_dir or args.results_dir))
+            out_dir = make_out_dir(args.out_dir or args.results_dir)
+            curves, figures = replay_pruning(trials, rule, args.orders, args.searches,
+                                             args.seed, out_dir)
+            if args.split_half and figures is not None:
+                if len(curves) < 4:
+                    print("--split-half needs at least 4 complete curves, 2 on each half.")
+                else:
+                    replay_split_half(curves, figures, args.orders, args.searches,
+                                      args.seed, out_dir)
         else:
             analyse(trials, skipped, args)
     except OutputError as err:
@@ -463,6 +513,8 @@ def analyse(trials, skipped, args):
     and the TensorBoard runs, print the summary."""
     out_dir = make_out_dir(args.out_dir or args.results_dir)
     frame, hparams = trials_frame(trials)
+    kept = kept_models.kept_names(args.results_dir)  # --keep-models: which are in models/
+    frame.insert(frame.columns.get_loc("pruned") + 1, "kept_model", frame["model_name"].isin(kept))
     ok = frame["status"].eq("ok")
 
     if not ok.all():

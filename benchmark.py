@@ -22,7 +22,10 @@ In one run, on a synthetic data set in the real CIFAR-100 format
 4. how long TPE takes to suggest a trial with 10, 100 and 1000 finished ones;
 5. memory over consecutive small trials: the search process must stay flat;
 6. a folder of photo-sized image files (--dataset DIR): the time to decode
-   and cache it, and to load it again from the cache.
+   and cache it, and to load it again from the cache (bench_files.py);
+7. keeping a trial's model (--keep-models): the seconds a save adds to a
+   trial and the .keras file's size, and predict.py's images per second
+   (bench_files.py).
 
     python3 benchmark.py --quick              # a few minutes on a 2-core CPU
     python3 benchmark.py --out bench.json     # larger; JSON to compare commits
@@ -49,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+import bench_files
 import cifar_archives
 import dataset
 import flags
@@ -62,7 +66,7 @@ import utils
 # flags are checked: a bad flag is refused at once. main() imports neural_net
 # first, which quiets TensorFlow's start-up.
 
-SECTIONS = ("throughput", "overhead", "tpe", "memory", "folder")
+SECTIONS = ("throughput", "overhead", "tpe", "memory", "folder", "models")
 MODELS = ("best", "demo", "small")  # small: to check the benchmark itself in seconds
 # --quick: a few minutes on a 2-core CPU; the default: steadier numbers.
 PRESETS = {
@@ -73,8 +77,6 @@ PRESETS = {
                 "archive_images": 50000, "tpe_trials": [10, 100, 1000], "memory_trials": 10,
                 "folder_images": 3000},
 }
-FOLDER_CLASSES = 10
-FOLDER_SIDES = (160, 480)  # pixels a side of the folder's images, drawn in this range
 TEST_FRACTION = 0.2  # the archive holds this many test images per training image
 # A small model for the overhead and memory sections: there the cost around
 # training is measured, not the training.
@@ -417,42 +419,6 @@ def run_trial_processes(data_dir, work, n_trials):
 
 # ----------------------------------------------------------------- folder ----
 
-def write_image_folder(root, n_images, seed=0):
-    """`n_images` files of FOLDER_SIDES pixels a side in FOLDER_CLASSES class
-    folders, three JPEG for one PNG, smooth like photos (noise would not
-    compress like one)."""
-    from PIL import Image
-    rng = np.random.default_rng(seed)
-    for i in range(n_images):
-        height, width = (int(v) for v in rng.integers(*FOLDER_SIDES, size=2, endpoint=True))
-        colours = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-        image = Image.fromarray(colours).resize((width, height), Image.Resampling.BICUBIC)
-        folder = root / f"class_{i % FOLDER_CLASSES}"
-        folder.mkdir(parents=True, exist_ok=True)
-        image.save(folder / f"{i:05d}.{'png' if i % 4 == 0 else 'jpg'}")
-
-
-def run_folder(n_images, work):
-    """Seconds to decode a folder of images and cache it (the first trial of
-    a search on it), and to load it from that cache (every later one)."""
-    root = work / "images"
-    print(f"  writing {n_images} image files ...", flush=True)
-    write_image_folder(root, n_images)
-    config = flags.TrialSettings(dataset=str(root), cache_dir=str(work / "cache"))
-    seconds = {}
-    for key in ("decode_and_cache", "from_cache"):
-        dataset.unload()
-        started = time.perf_counter()
-        dataset.load_dataset(config, notices=False)
-        seconds[key] = time.perf_counter() - started
-    dataset.unload()
-    megabytes = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 2**20
-    cache_mb = sum(p.stat().st_size for p in (work / "cache").iterdir()) / 2**20
-    return {"images": n_images, "sides_px": list(FOLDER_SIDES), "files_mb": megabytes,
-            "cache_mb": cache_mb, "seconds": seconds,
-            "decoded_images_per_second": n_images / seconds["decode_and_cache"]}
-
-
 # ------------------------------------------------------------------ report ----
 
 def machine():
@@ -515,6 +481,10 @@ def print_report(report):
               f"the first trial {mem['search_process_growth_mb']:+.1f} MiB "
               f"({mem['search_process_growth_mb_per_trial']:+.2f} MiB/trial); trial processes "
               f"peaked at {max(p or 0 for p in mem['trial_process_peak_mb']):.0f} MiB")
+    for name, m in report.get("models", {}).items():
+        print(f"\nKeeping the {name} model ({m['params']:,} parameters): {m['save_seconds']:.2f} s "
+              f"a save, {m['file_mb']:.1f} MB on disk; predict.py "
+              f"{m['predict_images_per_second']:.0f} images/s")
     if "folder" in report:
         f = report["folder"]
         print(f"\nA folder of {f['images']} images ({f['sides_px'][0]}-{f['sides_px'][1]} px a "
@@ -573,7 +543,11 @@ def main(argv=None):
                 report["memory"] = memory
         if "folder" in args.only:
             print("A folder of images:", flush=True)
-            report["folder"] = run_folder(args.folder_images, work)
+            report["folder"] = bench_files.run_folder(args.folder_images, work)
+        if "models" in args.only:
+            print("Keeping a model, predict.py:", flush=True)
+            report["models"] = {name: bench_files.run_model(spaces()[name], work / name)
+                                for name in args.models}
     report["benchmark_seconds"] = time.perf_counter() - started
     print_report(report)
     print(f"\nBenchmark took {report['benchmark_seconds']:.0f} s.")

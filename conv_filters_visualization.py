@@ -12,7 +12,9 @@ activation are drawn in a grid, strongest first, one PNG per layer in layers/
 
     <layer>_best_filters_<n shown>_(<rows>x<cols>)_out_of_<n filters>.png
 
-The model is rebuilt with neural_net.build_model from the hyperspace saved
+A .keras file (a model the search kept, or retrain_best_with_tensorboard.py's)
+is loaded whole. From weights alone, the model is rebuilt with
+neural_net.build_model from the hyperspace saved
 next to the weights (weights/<id>.space.json) or from a result file
 (--result), for the image size and heads of its data set
 (weights/<id>.dataset.json, or the result; CIFAR-100's when neither says).
@@ -20,6 +22,7 @@ Works under both Keras backends: the gradient comes from tf.GradientTape
 with TensorFlow and from jax.grad with JAX.
 
     python conv_filters_visualization.py --weights weights/<id>.weights.h5
+    python conv_filters_visualization.py --weights results/models/<name>.keras
 """
 
 import argparse
@@ -61,7 +64,9 @@ def build_parser():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True, metavar="FILE",
                         help="weights/<id>.weights.h5 as written by "
-                             "retrain_best_with_tensorboard.py")
+                             "retrain_best_with_tensorboard.py, or a whole model: "
+                             "results/models/<name>.keras (--keep-models) or "
+                             "weights/<name>.keras")
     parser.add_argument("--result", metavar="FILE",
                         help="take the hyperspace from this result JSON instead of "
                              f"<id>{utils.SPACE_SUFFIX} next to the weights")
@@ -138,6 +143,20 @@ def load_model(neural_net, hype_space, weights, shape=None):
         raise VisualizationError(f"{weights} does not fit the model of this hyperspace "
                                  f"({type(err).__name__}: {message})") from None
     return model
+
+
+def load_keras_file(path):
+    """A whole .keras model (results/models/ or weights/): nothing to rebuild."""
+    if not path.is_file():
+        raise VisualizationError(f"model file {path} does not exist")
+    import neural_net  # noqa: F401  (quiets TensorFlow's start-up first)
+    import keras
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as err:
+        message = str(err).splitlines()[0] if str(err) else ""
+        raise VisualizationError(f"{path} cannot be loaded as a Keras model "
+                                 f"({type(err).__name__}: {message[:200]})") from None
 
 
 def conv_layers(model):
@@ -308,10 +327,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     weights = Path(os.path.expanduser(args.weights))
     try:
-        check_weights_path(weights)
-        hype_space, shape = find_hyperspace(weights, args.result)
-        import neural_net
-        model = load_model(neural_net, hype_space, weights, shape)
+        if weights.suffix == ".keras":  # a whole model: kept by the search, or retrained
+            model = load_keras_file(weights)
+        else:
+            check_weights_path(weights)
+            hype_space, shape = find_hyperspace(weights, args.result)
+            import neural_net
+            model = load_model(neural_net, hype_space, weights, shape)
         layers = conv_layers(model)
         if not layers:
             raise VisualizationError("the model has no convolution layer")

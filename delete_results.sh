@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Delete everything a search wrote: result files, results.pkl, model plots,
-# TensorBoard logs, weights, and what analyze_results.py and
+# TensorBoard logs, weights, kept models (results/models), and what analyze_results.py and
 # conv_filters_visualization.py drew from them. Asks first; -y skips the question.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-targets=(results/*.txt.json results/results.csv results/*.png results.pkl model_demo.png
+targets=(results/*.txt.json results/results.csv results/*.png results/models results.pkl model_demo.png
          model_best.png TensorBoard weights layers)
 existing=()
 for target in "${targets[@]}"; do
@@ -25,4 +25,4 @@ if [ "${1:-}" != "-y" ]; then
     esac
 fi
 rm -rf -- "${existing[@]}"
-echo "Deleted results, results.pkl, plots and TensorBoard logs."
+echo "Deleted results, results.pkl, kept models, plots and TensorBoard logs."

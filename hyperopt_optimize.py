@@ -31,6 +31,7 @@ from hyperopt.exceptions import AllTrialsFailed
 import dataset
 import flags
 import image_folders
+import kept_models
 import mongo_search
 import mongo_settings
 import pruning
@@ -184,8 +185,9 @@ def run_search(config, trials=None):
             if search_has_stalled(trials, config):
                 break
             done = len(trials.trials)
-            # With --prune, the curves of the finished trials, to compare with:
-            earlier = pruning.trials_curves(trials) if rule is not None else None
+            # With --prune or --keep-models, the finished trials' curves to compare with:
+            earlier = (pruning.trials_curves(trials)
+                       if rule is not None or config.keep_models else None)
             objective = functools.partial(optimize_cnn, config=settings, earlier=earlier)
             # A fresh generator per trial: seeded runs stay reproducible across resumes.
             rstate = np.random.default_rng(None if config.seed is None else [config.seed, done])
@@ -327,6 +329,7 @@ def main(argv=None):
     results = [t["result"] for t in trials.trials]
     print(f"Done: {len(results)} trials in {config.trials_file}; results in "
           f"{config.results_dir}/. {pruning.summary(results, config.epochs)}".rstrip())
+    print(kept_models.summary(config.results_dir, config.keep_models))
     return 0
 
 

@@ -23,6 +23,7 @@ from hyperopt.base import JOB_STATE_CANCEL
 
 import dataset
 import flags
+import kept_models
 import mongo_settings
 import pruning
 import trial_process
@@ -87,6 +88,7 @@ def run_driver(search, driver, objective, space, warm_start):
     print((f"Done: experiment {driver.exp_key!r} has {describe_counts(counts)}. Each "
            "trial's JSON is in the results folder of the worker that ran it. "
            + pruning.summary(finished_results(trials), search.epochs)).rstrip())
+    print(kept_models.workers_summary(search.keep_models))
     return 0
 
 
@@ -262,7 +264,7 @@ def worker_objective(objective, settings, expr, memo, ctrl):
         settings = dataclasses.replace(settings, **dataclasses.asdict(machine))
     settings = own_data_set(settings, getattr(ctrl.trials.handle, "dataset", None))
     curves = getattr(ctrl.trials.handle, "curves", None)  # pruning.MongoCurves
-    if pruning.rule_of(settings) is None:
+    if pruning.rule_of(settings) is None and not settings.keep_models:
         curves = None
     handle = ctrl.trials.handle
     in_trial = getattr(handle, "in_trial", None)  # {"_id": ...}: the heartbeat watches it

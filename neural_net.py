@@ -272,7 +272,7 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
     if log_for_tensorboard or config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir),
                                                      histogram_freq=histogram_freq))
-    if test is not None:  # evaluate the test split with the best epoch's weights
+    if test is not None or config.keep_models:  # the best epoch's weights: test, keep
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_fine_outputs_accuracy", mode="max", patience=config.epochs,
             restore_best_weights=True))

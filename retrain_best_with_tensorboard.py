@@ -10,7 +10,10 @@ project's best space), trains it again and writes:
   weights/<id>.weights.h5, the hyperspace beside them in
   weights/<id>.space.json and the data set's image size and heads in
   weights/<id>.dataset.json, so that conv_filters_visualization.py can
-  rebuild the model from the weights alone.
+  rebuild the model from the weights alone;
+- the whole model at that epoch to weights/<model_name>.keras, with what it
+  needs beside it in weights/<model_name>.json, as the search keeps its best
+  models (--keep-models): predict.py --model takes it.
 
 It trains on the data set the chosen result was trained on (--dataset and
 --image-size choose another).
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import dataset
 import flags
+import kept_models
 import utils
 
 # neural_net imports Keras and TensorFlow (seconds): imported once the inputs
@@ -125,11 +129,16 @@ def retrain(hype_space, config):
     import neural_net
     info = dataset.load_dataset(config).info
     show_model(neural_net, hype_space, dataset.model_shape(info))
-    _, model_name, result = neural_net.build_and_train(
+    model, model_name, result = neural_net.build_and_train(
         hype_space, save_best_weights=True, log_for_tensorboard=True, config=config,
         histogram_freq=HISTOGRAM_FREQ)
     if result["status"] != "ok":
         raise RetrainError(f"training failed: {result.get('error', 'unknown error')}")
+    # The whole model at its best epoch, as the search keeps them (predict.py reads it).
+    info = dict(kept_models.model_info(result, config.results_dir), result_file=None,
+                retrained=True)  # its result is printed, not saved
+    whole = kept_models.save(model, info,
+                             Path(utils.WEIGHTS_DIR) / f"{model_name}{kept_models.MODEL_SUFFIX}")
     uid = utils.model_id(model_name)  # build_and_train names the weights after it
     weights = Path(utils.WEIGHTS_DIR) / f"{uid}{utils.WEIGHTS_SUFFIX}"
     if not weights.is_file():
@@ -140,10 +149,10 @@ def retrain(hype_space, config):
     utils.atomic_write(weights.with_name(f"{uid}{utils.DATASET_SUFFIX}"),
                        json.dumps(info, indent=4, sort_keys=True) + "\n")
     logs = Path(utils.TENSORBOARD_DIR) / model_name
-    return result, weights, space_file, logs
+    return result, weights, space_file, logs, whole
 
 
-def report(result, weights, space_file, logs):
+def report(result, weights, space_file, logs, whole):
     coarse = result.get("coarse_best_accuracy")
     print(f"\nRetrained {result['model_name']} on {utils.data_line(result)} for "
           f"{result['epochs']} epochs ({result['training_seconds']:.1f} s): best validation "
@@ -155,7 +164,9 @@ def report(result, weights, space_file, logs):
     print(f"Hyperspace of those weights: {space_file}")
     print(f"TensorBoard logs: {logs}/")
     print(f"See them with: tensorboard --logdir {logs.parent}")
-    print(f"Filters: python conv_filters_visualization.py --weights {weights}")
+    print(f"The whole model, for predict.py: {whole} (and its .json)")
+    print(f"Predict: python3 predict.py --model {whole} IMAGE_OR_FOLDER")
+    print(f"Filters: python conv_filters_visualization.py --weights {whole}")
 
 
 def main(argv=None):

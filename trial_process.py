@@ -92,6 +92,8 @@ def train_here(hype_space, settings, called_at=None, data_notices=True, earlier=
                                                       data_notices=data_notices,
                                                       earlier=earlier,
                                                       stop_when=abandoned.is_set)
+        if not abandoned.is_set():
+            keep_model(model, result, settings, earlier)
         del model
     except neural_net.DatasetError:
         raise
@@ -101,6 +103,18 @@ def train_here(hype_space, settings, called_at=None, data_notices=True, earlier=
         keras.backend.clear_session()
         gc.collect()
     return result
+
+
+def keep_model(model, result, settings, earlier):
+    """--keep-models: save the model when it is among the best (kept_models);
+    a save that fails is a warning, the trial's result stands."""
+    import kept_models
+    try:
+        kept_models.keep_if_among_best(model, result, settings, earlier)
+    except (OSError, ValueError) as err:
+        print(f"warning: could not keep the model of {result.get('model_name')} in "
+              f"{kept_models.models_dir(settings.results_dir)}/ ({err}); its result is "
+              "kept as usual.", flush=True)
 
 
 def train_in_child(hype_space, settings, called_at=None, earlier=None):

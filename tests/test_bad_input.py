@@ -65,6 +65,18 @@ CASES = [
      "--max-filters: '-2' must be at least 1"),
     ("conv_filters_visualization.py", ["--weights", "a_file"], 1,
      "a_file: expected a <id>.weights.h5 file"),
+    ("predict.py", ["--model", "missing.keras", "a_folder"], 2, "--model missing.keras: no such"),
+    ("predict.py", ["--model", "a_file", "a_folder"], 2, "--model a_file: not a .keras model"),
+    ("predict.py", ["--model", "lonely.keras", "picture.png"], 2,
+     "no readable lonely.json beside it"),
+    ("predict.py", ["--model", "fake.keras", "picture.png"], 2,
+     "fake.keras cannot be loaded as a Keras model"),
+    ("predict.py", ["--results-dir", "results", "a_folder"], 2,
+     "no kept model in results/models/: run a search with --keep-models"),
+    ("predict.py", ["--model", "fake.keras", "a_folder"], 2, "no image (.png, .jpg"),
+    ("predict.py", ["--model", "fake.keras", "not_there.png"], 2, "not_there.png: no such file"),
+    ("predict.py", ["--batch-size", "0", "a_folder"], 2, "--batch-size: '0' must be at least 1"),
+    ("predict.py", [], 2, "give images or folders to predict, or --evaluate FOLDER"),
     ("benchmark.py", ["--steps", "zero"], 2, "--steps: 'zero' is not a whole number"),
     ("benchmark.py", ["--batch-sizes", "64,-1"], 2, "--batch-sizes: '-1' must be at least 1"),
     ("benchmark.py", ["--out", "a_file/bench.json", "--only", "tpe"], 1,
@@ -87,6 +99,11 @@ def user_folder(tmp_path, cifar_dir):
     (tmp_path / "empty.pkl").write_bytes(b"")
     (tmp_path / "truncated.pkl").write_bytes(b"\x80\x04\x95garbage")
     (tmp_path / "not_json.txt.json").write_text('{"space": {"lr')
+    (tmp_path / "lonely.keras").write_bytes(b"PK")
+    (tmp_path / "fake.keras").write_bytes(b"not a zip")
+    (tmp_path / "fake.json").write_text('{"image_size": 32, "class_names": ["a", "b"]}')
+    from PIL import Image
+    Image.new("RGB", (8, 8)).save(tmp_path / "picture.png")
     (tmp_path / "results").mkdir()
     shutil.copy(ORIGINAL_BEST, tmp_path / "results")
     return tmp_path
@@ -113,4 +130,4 @@ def test_the_cases_cover_every_script():
     scripts = {case[0] for case in CASES}
     assert scripts == {"hyperopt_optimize.py", "hyperopt_mongo_worker.py", "analyze_results.py",
                        "retrain_best_with_tensorboard.py", "conv_filters_visualization.py",
-                       "benchmark.py"}
+                       "predict.py", "benchmark.py"}

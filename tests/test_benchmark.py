@@ -61,6 +61,10 @@ def test_quick_benchmark_writes_well_formed_json(tmp_path, clean_env):
     assert "small_vs_reference_ratio" in run.stdout  # the printed table
     assert "median of 5 paired runs" in run.stdout
     assert "A folder of 40 images" in run.stdout
+    kept = report["models"]["small"]  # keeping a model, predict.py's speed
+    assert kept["file_mb"] > 0 and 0 < kept["save_seconds"] <= max(kept["save_seconds_each"])
+    assert len(kept["save_seconds_each"]) == 3 and kept["predict_images_per_second"] > 0
+    assert "Keeping the small model" in run.stdout
 
 
 def test_bad_flags_get_one_line(tmp_path, clean_env):

@@ -14,6 +14,9 @@ def project_copy(tmp_path):
     (tmp_path / "results" / "failed_fghij.txt.json").write_text("{}")
     (tmp_path / "TensorBoard" / "model_0.500000_abcde").mkdir(parents=True)
     (tmp_path / "layers").mkdir()
+    (tmp_path / "results" / "models").mkdir()  # --keep-models
+    (tmp_path / "results" / "models" / "model_0.500000_abcde.keras").write_text("x")
+    (tmp_path / "results" / "models" / "model_0.500000_abcde.json").write_text("{}")
     (tmp_path / "results" / "results.csv").write_text("x")
     (tmp_path / "results" / "optimization_history.png").write_text("x")
     for name in ("results.pkl", "model_demo.png", "model_best.png", "README.md"):

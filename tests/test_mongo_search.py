@@ -130,17 +130,20 @@ def test_two_workers_train_the_requested_trials(tmp_path, mongo_db, experiment):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("rule, settings", [
+    ("median", ["--prune-startup", "1", "--prune-warmup", "0"]),
+    ("asha", ["--prune", "asha", "--asha-grace", "1", "--asha-reduction", "2"])])
 def test_a_worker_prunes_with_the_curves_another_worker_produced(tmp_path, mongo_url, mongo_db,
-                                                                 env, cifar_dir):
-    """Worker 1 finishes a trial of perfect accuracy (a stand-in); worker 2,
-    started after it, trains real trials, reads that curve from MongoDB and
-    stops each one at the first epoch after the warm-up."""
+                                                                 env, cifar_dir, rule, settings):
+    """Worker 1 finishes two trials of perfect accuracy (stand-ins); worker
+    2, started after it, trains real trials under the rule (median, the
+    default, or asha), reads those curves from MongoDB and stops each one at
+    the first epoch."""
     log = tmp_path / "driver.log"
-    driver = start_driver("perfect_on_first_worker", mongo_url, env, log, "--max-evals", "3",
-                          "--queue-len", "1", "--epochs", "3", "--prune-startup", "1",
-                          "--prune-warmup", "1")
+    driver = start_driver("perfect_on_first_worker", mongo_url, env, log, "--max-evals", "4",
+                          "--queue-len", "1", "--epochs", "3", *settings)
     first = start_worker(mongo_url, dict(env, HKS_TEST_PERFECT="1"), tmp_path / "w1", cifar_dir,
-                         "--max-jobs", "1")
+                         "--max-jobs", "2")
     second = None
     try:
         assert first.wait(timeout=120) == 0, (tmp_path / "w1" / "worker.log").read_text()
@@ -150,18 +153,47 @@ def test_a_worker_prunes_with_the_curves_another_worker_produced(tmp_path, mongo
         stop([p for p in (driver, first, second) if p is not None])
     assert driver.returncode == 0, output
     done = sorted(jobs_of(mongo_db, JOB_STATE_DONE), key=lambda job: job["tid"])
-    assert len(done) == 3, output
-    perfect, pruned = done[0], done[1:]
-    assert perfect["result"]["fine_best_accuracy"] == 1.0
+    assert len(done) == 4, output
+    perfect, pruned = done[:2], done[2:]
+    assert [job["result"]["fine_best_accuracy"] for job in perfect] == [1.0, 1.0]
     for job in pruned:
-        assert job["owner"] != perfect["owner"]
-        assert job["result"]["pruned"] is True and job["result"]["pruned_at_epoch"] == 2
-        assert job["result"]["pruned_below_median"] == 1.0
-        assert len(job["result"]["history"]["val_fine_outputs_accuracy"]) == 2
+        assert job["owner"] != perfect[0]["owner"]
+        assert job["result"]["pruned"] is True and job["result"]["pruned_at_epoch"] == 1
+        assert (job["result"]["pruned_by"], job["result"]["pruned_below"]) == (rule, 1.0)
+        assert len(job["result"]["history"]["val_fine_outputs_accuracy"]) == 1
     files = result_files(tmp_path / "w2")
     assert len(files) == 2 and all(json.loads(p.read_text())["pruned"] for p in files)
-    assert output.count("pruned at epoch 2 (median: below 1.0000)") == 2, output
-    assert "Pruned 2 of 3 trials, saving 2 epochs" in output
+    assert output.count(f"pruned at epoch 1 ({rule}: below 1.0000)") == 2, output
+    assert f"Pruned 2 of 4 trials, saving 4 epochs (33% of 12), by {rule}." in output
+
+
+@pytest.mark.slow
+def test_workers_sharing_a_results_folder_keep_the_best_models_of_the_experiment(
+        tmp_path, mongo_url, mongo_db, env, cifar_dir):
+    """Two workers writing into one results folder (as docker compose has
+    them) train 4 real trials with --keep-models 2: each decides from the
+    experiment's finished trials in MongoDB, and the folder ends with the
+    models of the 2 best, whichever worker ran them, each loadable."""
+    import kept_models
+    shared = tmp_path / "shared"
+    log = tmp_path / "driver.log"
+    driver = start_driver("perfect_on_first_worker", mongo_url, env, log, "--max-evals", "4",
+                          "--queue-len", "2", "--keep-models", "2", "--prune", "none")
+    workers = [start_worker(mongo_url, env, tmp_path / name, cifar_dir, "--results-dir",
+                            str(shared), "--max-jobs", "2") for name in ("w1", "w2")]
+    try:
+        output = finish(driver, log, timeout=400)
+    finally:
+        stop(workers + [driver])
+    assert driver.returncode == 0, output
+    done = jobs_of(mongo_db, JOB_STATE_DONE)
+    assert len(done) == 4 and len({job["owner"] for job in done}) == 2, output
+    kept = kept_models.kept_models(shared)
+    best = sorted((job["result"]["fine_best_accuracy"] for job in done), reverse=True)[:2]
+    assert [info["fine_best_accuracy"] for _, info in kept] == pytest.approx(best)
+    names = {job["result"]["model_name"] for job in done}
+    assert {path.stem for path, _ in kept} <= names
+    assert "The models of the 2 best trials are kept in the models/ folder" in output
 
 
 def test_the_driver_ends_the_search_after_n_trials_without_a_new_best(mongo_db, experiment):

@@ -122,6 +122,16 @@ def test_retrain_best_then_draw_filters(cifar_dir, tmp_path, monkeypatch, capsys
             assert image.mode == "RGB" and image.getextrema() != ((0, 0),) * 3
     assert pictures == EXPECTED_PICTURES
 
+    # The whole model too, in the form the search keeps: predict.py and the filters take it.
+    whole = tmp_path / "weights" / f"{log_dir.name}.keras"
+    assert str(whole.relative_to(tmp_path)) in out
+    info = json.loads(whole.with_suffix(".json").read_text())
+    assert info["space"] == TINY_HYPE_SPACE and info["image_size"] == 32
+    assert len(info["class_names"]) == 100 and len(info["group_names"]) == 20
+    assert conv_filters_visualization.main(["--weights", str(whole), "--out-dir", "whole",
+                                            "--max-filters", "1", "--steps", "1"]) == 0
+    assert len(list((tmp_path / "whole").iterdir())) == len(EXPECTED_PICTURES)
+
     # A weights file that is not one: one line, exit code 1.
     (tmp_path / "weights" / "broken.weights.h5").write_bytes(b"not HDF5")
     (tmp_path / "weights" / "broken.space.json").write_text(json.dumps(TINY_HYPE_SPACE))

@@ -73,7 +73,7 @@ def test_failing_trial_is_recorded_and_the_search_goes_on(config, tiny_search_sp
     failed = trials.trials[0]["result"]
     assert "MemoryError: OOM when allocating" in failed["error"]
     assert "Traceback" in failed["traceback"] and "fails_first" in failed["traceback"]
-    files = sorted(os.listdir(config.results_dir))
+    files = sorted(p.name for p in Path(config.results_dir).iterdir() if p.is_file())
     assert len(files) == 2 and files[0].startswith("failed_") and files[1].startswith("model_")
     saved = json.loads((Path(config.results_dir) / files[0]).read_text())
     assert saved["status"] == "fail" and "MemoryError" in saved["error"]

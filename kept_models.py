@@ -1,0 +1,197 @@
+"""The best trials' trained models, kept (--keep-models K): a trial that ends
+among the K best of its search so far saves the model of its best epoch as
+<results-dir>/models/<model_name>.keras, and what a user needs to use it
+(class names, image size, data set, accuracy, hyperspace, result file) in
+<model_name>.json beside it; a kept model that falls out of the K best is
+deleted. "The K best" is read from the search's finished trials (locally
+the Trials, over MongoDB the experiment's jobs), so a resumed search goes
+on with the same bookkeeping. Also what predict.py and the analysis read
+back. Nothing here imports Keras until a model is saved or loaded."""
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+import utils
+
+MODELS_DIR = "models"  # under --results-dir
+MODEL_SUFFIX = ".keras"
+INFO_SUFFIX = ".json"
+PARTIAL_MARK = ".partial-"  # .<name>.partial-<pid>.keras: a save under way
+INFO_KEYS = ("model_name", "fine_best_accuracy", "coarse_best_accuracy", "test_fine_accuracy",
+             "test_coarse_accuracy", "best_epoch", "epochs", "pruned", "dataset", "image_size",
+             "nb_classes", "nb_groups", "class_names", "group_names", "space", "keras_version",
+             "keras_backend")
+
+
+def models_dir(results_dir):
+    return Path(results_dir) / MODELS_DIR
+
+
+def model_path(results_dir, model_name):
+    return models_dir(results_dir) / f"{model_name}{MODEL_SUFFIX}"
+
+
+def info_path(model_file):
+    return Path(model_file).with_suffix(INFO_SUFFIX)
+
+
+def kept_models(results_dir):
+    """The complete kept models of a results folder (their .keras and .json
+    both there), best first: [(path, info)]."""
+    kept = []
+    for path in models_dir(results_dir).glob(f"*{MODEL_SUFFIX}"):
+        info = read_info(path)
+        if not path.name.startswith(".") and info is not None:
+            kept.append((path, info))
+    return sorted(kept, key=lambda pair: (-accuracy_of(pair[1]), pair[1].get("kept_at", 0)))
+
+
+def read_info(model_file):
+    """The JSON beside a kept model, or None when missing or unreadable."""
+    try:
+        info = json.loads(info_path(model_file).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def accuracy_of(info):
+    value = info.get("fine_best_accuracy")
+    return float(value) if utils.is_number(value) else -math.inf
+
+
+def model_info(result, results_dir):
+    """What travels with a kept model: INFO_KEYS of its result, the result
+    file's name, and how to call it."""
+    info = {key: result.get(key) for key in INFO_KEYS if key in result}
+    info["result_file"] = utils.result_path(result, results_dir).name
+    curve = utils.val_fine_curve(result)
+    if curve and np.isfinite(curve).any():
+        info["best_epoch"] = int(np.nanargmax(curve)) + 1  # the weights kept
+    heads = ["fine_outputs"] + (["coarse_outputs"] if result.get("nb_groups") else [])
+    info["inputs"] = (f"uint8 RGB images, shape (N, {result.get('image_size')}, "
+                      f"{result.get('image_size')}, 3): the rescaling is inside the model")
+    info["outputs"] = {head: "class probabilities, in the order of "
+                       + ("class_names" if head == "fine_outputs" else "group_names")
+                       for head in heads}
+    return utils.to_plain(info)
+
+
+def best_of_curve(curve):
+    values = np.asarray(curve, dtype=float)
+    return float(np.nanmax(values)) if np.isfinite(values).any() else None
+
+
+def earlier_bests(earlier):
+    """The best validation fine accuracy of each earlier successful trial
+    (`earlier`: pruning.Earlier items or curves, or a function returning
+    them, as the stopping rule gets them), or None when they cannot be read."""
+    trials = earlier() if callable(earlier) else earlier
+    if trials is None:
+        return None
+    bests = (best_of_curve(getattr(t, "curve", t)) for t in trials)
+    return [b for b in bests if b is not None]
+
+
+def keep_if_among_best(model, result, settings, earlier):
+    """Save `model` (its best epoch's weights) when `result` is among the
+    settings.keep_models best of the search so far (`earlier`: the other
+    finished trials, as earlier_bests reads them; unreadable: saved, to be
+    judged later), then delete the kept models that fell out. Returns the
+    kept model's path, or None."""
+    keep = settings.keep_models
+    mine = result.get("fine_best_accuracy")
+    if not keep or result.get("status") != "ok" or not utils.is_number(mine):
+        return None
+    others = earlier_bests(earlier)
+    if others is not None and sum(other >= mine for other in others) >= keep:
+        return None  # K trials as good or better came first: a tie does not enter
+    info = dict(model_info(result, settings.results_dir), kept_at=time.time())
+    path = save(model, info, model_path(settings.results_dir, result["model_name"]))
+    drop_fallen(settings.results_dir, keep, (others or []) + [mine])
+    return path
+
+
+def save(model, info, path):
+    """Write `info` beside, then the model, atomically: a kill at any moment
+    leaves no partial .keras under its own name (a half-written one keeps
+    its .partial- name and is removed by the next save)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".*{PARTIAL_MARK}*{MODEL_SUFFIX}"):
+        if not pid_alive(stale.name.rsplit(PARTIAL_MARK, 1)[1][:-len(MODEL_SUFFIX)]):
+            stale.unlink(missing_ok=True)
+    utils.atomic_write(info_path(path), json.dumps(info, indent=2) + "\n")
+    partial = path.with_name(f".{path.stem}{PARTIAL_MARK}{os.getpid()}{MODEL_SUFFIX}")
+    try:
+        for_inference(model).save(partial)
+        with open(partial, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def for_inference(model):
+    """The model without its optimizer and training setup (a third of the
+    file with Adam's two slots per weight): the same layers and weights, for
+    predict(); a user who trains it further compiles it first."""
+    import keras
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def pid_alive(text):
+    try:
+        os.kill(int(text), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def drop_fallen(results_dir, keep, accuracies):
+    """Delete the kept models (and their JSON) out of the `keep` best: those
+    with `keep` better trials among `accuracies` (the search's finished
+    trials), and any past the first `keep` of the folder (ties: the older
+    stays)."""
+    for rank, (path, info) in enumerate(kept_models(results_dir)):
+        better = sum(accuracy > accuracy_of(info) for accuracy in accuracies)
+        if rank >= keep or better >= keep:
+            path.unlink(missing_ok=True)
+            info_path(path).unlink(missing_ok=True)
+
+
+def kept_names(results_dir):
+    """The model names of a folder's kept models, for the leaderboard."""
+    return {path.stem for path, _ in kept_models(results_dir)}
+
+
+def summary(results_dir, keep):
+    """The search's closing line about its kept models."""
+    if not keep:
+        return "No model kept (--keep-models 0)."
+    kept = kept_models(results_dir)
+    where = models_dir(results_dir)
+    if not kept:
+        return f"No model kept in {where}/ (no successful trial yet)."
+    path, info = kept[0]
+    return (f"Kept the models of the {len(kept)} best trials in {where}/, the best "
+            f"{path.name} (fine accuracy {accuracy_of(info):.4f}). Use it: python3 "
+            f"predict.py --results-dir {results_dir} IMAGE_OR_FOLDER")
+
+
+def workers_summary(keep):
+    """The MongoDB driver's line: each worker keeps its own trials' models."""
+    if not keep:
+        return "No model kept (--keep-models 0)."
+    return (f"The models of the {keep} best trials are kept in the {MODELS_DIR}/ folder of "
+            "the results folder of the worker that ran each (with docker-compose, "
+            f"results/{MODELS_DIR}/; docs/mongodb.md says how to gather them).")

@@ -139,12 +139,12 @@ def save(model, info, path):
 
 def for_inference(model):
     """The model without its optimizer and training setup (a third of the
-    file with Adam's two slots per weight): the same layers and weights, for
-    predict(); a user who trains it further compiles it first."""
+    file with Adam's two slots per weight): a new Model over the very same
+    layers, nothing copied, for predict(); a user who trains it further
+    compiles it first. (keras.models.clone_model would clone the compiled
+    optimizer too.)"""
     import keras
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
+    return keras.Model(inputs=model.input, outputs=model.output, name=model.name)
 
 
 def pid_alive(text):

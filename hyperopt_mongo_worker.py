@@ -36,6 +36,7 @@ from hyperopt.mongoexp import MongoWorker, ReserveTimeout  # noqa: E402
 import dataset  # noqa: E402
 import flags  # noqa: E402
 import image_folders  # noqa: E402
+import kept_models  # noqa: E402
 import mongo_compat  # noqa: E402
 import mongo_search  # noqa: E402
 import mongo_settings  # noqa: E402
@@ -158,6 +159,7 @@ def forget_result_file(jobs):
     path = getattr(jobs, "last_result_file", None)
     if path:
         Path(path).unlink(missing_ok=True)
+        kept_models.forget(path)  # --keep-models: its model goes with it
         jobs.last_result_file = None
 
 

@@ -11,6 +11,7 @@ back. Nothing here imports Keras until a model is saved or loaded."""
 import json
 import math
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -21,7 +22,8 @@ import utils
 MODELS_DIR = "models"  # under --results-dir
 MODEL_SUFFIX = ".keras"
 INFO_SUFFIX = ".json"
-PARTIAL_MARK = ".partial-"  # .<name>.partial-<pid>.keras: a save under way
+PARTIAL_MARK = ".partial-"  # .<name>.partial-<host>-<pid>.keras: a save under way
+STALE_PARTIAL_SECONDS = 3600  # another host's partial save this old is a dead one
 INFO_KEYS = ("model_name", "fine_best_accuracy", "coarse_best_accuracy", "test_fine_accuracy",
              "test_coarse_accuracy", "best_epoch", "epochs", "pruned", "dataset", "image_size",
              "nb_classes", "nb_groups", "class_names", "group_names", "space", "keras_version",
@@ -122,11 +124,10 @@ def save(model, info, path):
     leaves no partial .keras under its own name (a half-written one keeps
     its .partial- name and is removed by the next save)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".*{PARTIAL_MARK}*{MODEL_SUFFIX}"):
-        if not pid_alive(stale.name.rsplit(PARTIAL_MARK, 1)[1][:-len(MODEL_SUFFIX)]):
-            stale.unlink(missing_ok=True)
+    remove_stale_partials(path.parent)
     utils.atomic_write(info_path(path), json.dumps(info, indent=2) + "\n")
-    partial = path.with_name(f".{path.stem}{PARTIAL_MARK}{os.getpid()}{MODEL_SUFFIX}")
+    partial = path.with_name(f".{path.stem}{PARTIAL_MARK}{socket.gethostname()}-{os.getpid()}"
+                             f"{MODEL_SUFFIX}")
     try:
         for_inference(model).save(partial)
         with open(partial, "rb") as f:
@@ -147,6 +148,20 @@ def for_inference(model):
     return keras.Model(inputs=model.input, outputs=model.output, name=model.name)
 
 
+def remove_stale_partials(folder):
+    """Remove the partial saves of processes that died: on this host (the
+    process is gone), or, written by another host or container sharing the
+    folder, not touched for STALE_PARTIAL_SECONDS."""
+    for partial in folder.glob(f".*{PARTIAL_MARK}*{MODEL_SUFFIX}"):
+        host, _, pid = partial.name.rsplit(PARTIAL_MARK, 1)[1][:-len(MODEL_SUFFIX)].rpartition("-")
+        try:
+            age = time.time() - partial.stat().st_mtime
+        except OSError:
+            continue
+        if (host == socket.gethostname() and not pid_alive(pid)) or age > STALE_PARTIAL_SECONDS:
+            partial.unlink(missing_ok=True)
+
+
 def pid_alive(text):
     try:
         os.kill(int(text), 0)
@@ -155,6 +170,16 @@ def pid_alive(text):
     except PermissionError:
         return True
     return True
+
+
+def forget(result_file):
+    """Delete the kept model of a result file that is being taken back (a
+    MongoDB worker whose result the database refused)."""
+    result_file = Path(result_file)
+    name = result_file.name.removesuffix(utils.RESULT_SUFFIX)
+    path = model_path(result_file.parent, name)
+    path.unlink(missing_ok=True)
+    info_path(path).unlink(missing_ok=True)
 
 
 def drop_fallen(results_dir, keep, accuracies):

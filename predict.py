@@ -70,12 +70,23 @@ def find_model(args):
         if info is None:
             raise PredictError(f"--model {path}: no readable {kept_models.info_path(path).name} "
                                "beside it (the class names and image size travel there)")
-        return path, info
+        return path, checked_info(path, info)
     kept = kept_models.kept_models(args.results_dir)
     if not kept:
         raise PredictError(f"no kept model in {kept_models.models_dir(args.results_dir)}/: run "
                            "a search with --keep-models 1 or more, or give --model FILE")
-    return kept[0]
+    return kept[0][0], checked_info(*kept[0])
+
+
+def checked_info(path, info):
+    """The model's JSON, with the keys predict.py needs in the right shape."""
+    names = info.get("class_names")
+    groups = info.get("group_names")
+    if (not isinstance(names, list) or not names or not utils.is_number(info.get("image_size"))
+            or not (groups is None or isinstance(groups, list))):
+        raise PredictError(f"{kept_models.info_path(path)} lacks the class names or the image "
+                           "size (class_names, image_size): not a kept model's JSON")
+    return info
 
 
 def load(path):
@@ -88,7 +99,8 @@ def load(path):
         return keras.saving.load_model(path, compile=False)
     except Exception as err:  # a zip of something else, a newer Keras, a truncated file
         raise PredictError(f"{path} cannot be loaded as a Keras model "
-                           f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+                           f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]})"
+                           ) from None
 
 
 def heads_of(info):
@@ -194,6 +206,8 @@ def labelled_images(folder, info):
     """(files, true fine indices, true coarse indices or None) of a labelled
     folder, in the model's class order; its test/ when split."""
     root = Path(folder)
+    if not root.is_dir():
+        raise PredictError(f"--evaluate {root}: no such folder")
     layout = image_folders.scan_folder(root)
     keep = [True] * len(layout.files) if layout.is_test is None else layout.is_test
     unknown = sorted(set(layout.class_names) - set(info["class_names"]))

@@ -134,11 +134,6 @@ def retrain(hype_space, config):
         histogram_freq=HISTOGRAM_FREQ)
     if result["status"] != "ok":
         raise RetrainError(f"training failed: {result.get('error', 'unknown error')}")
-    # The whole model at its best epoch, as the search keeps them (predict.py reads it).
-    info = dict(kept_models.model_info(result, config.results_dir), result_file=None,
-                retrained=True)  # its result is printed, not saved
-    whole = kept_models.save(model, info,
-                             Path(utils.WEIGHTS_DIR) / f"{model_name}{kept_models.MODEL_SUFFIX}")
     uid = utils.model_id(model_name)  # build_and_train names the weights after it
     weights = Path(utils.WEIGHTS_DIR) / f"{uid}{utils.WEIGHTS_SUFFIX}"
     if not weights.is_file():
@@ -148,6 +143,11 @@ def retrain(hype_space, config):
                                               sort_keys=True) + "\n")
     utils.atomic_write(weights.with_name(f"{uid}{utils.DATASET_SUFFIX}"),
                        json.dumps(info, indent=4, sort_keys=True) + "\n")
+    # Last, the whole model at its best epoch, as the search keeps them (predict.py reads it).
+    model_info = dict(kept_models.model_info(result, config.results_dir), result_file=None,
+                      retrained=True)  # its result is printed, not saved
+    whole = kept_models.save(model, model_info,
+                             Path(utils.WEIGHTS_DIR) / f"{model_name}{kept_models.MODEL_SUFFIX}")
     logs = Path(utils.TENSORBOARD_DIR) / model_name
     return result, weights, space_file, logs, whole
 

@@ -111,7 +111,7 @@ def keep_model(model, result, settings, earlier):
     import kept_models
     try:
         kept_models.keep_if_among_best(model, result, settings, earlier)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # disk full, a Keras saving error: never fail the trial
         print(f"warning: could not keep the model of {result.get('model_name')} in "
               f"{kept_models.models_dir(settings.results_dir)}/ ({err}); its result is "
               "kept as usual.", flush=True)

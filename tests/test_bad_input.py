@@ -76,6 +76,8 @@ CASES = [
     ("predict.py", ["--model", "fake.keras", "a_folder"], 2, "no image (.png, .jpg"),
     ("predict.py", ["--model", "fake.keras", "not_there.png"], 2, "not_there.png: no such file"),
     ("predict.py", ["--batch-size", "0", "a_folder"], 2, "--batch-size: '0' must be at least 1"),
+    ("predict.py", ["--model", "bad_info.keras", "picture.png"], 2,
+     "bad_info.json lacks the class names or the image size"),
     ("predict.py", [], 2, "give images or folders to predict, or --evaluate FOLDER"),
     ("benchmark.py", ["--steps", "zero"], 2, "--steps: 'zero' is not a whole number"),
     ("benchmark.py", ["--batch-sizes", "64,-1"], 2, "--batch-sizes: '-1' must be at least 1"),
@@ -101,6 +103,8 @@ def user_folder(tmp_path, cifar_dir):
     (tmp_path / "not_json.txt.json").write_text('{"space": {"lr')
     (tmp_path / "lonely.keras").write_bytes(b"PK")
     (tmp_path / "fake.keras").write_bytes(b"not a zip")
+    (tmp_path / "bad_info.keras").write_bytes(b"PK")
+    (tmp_path / "bad_info.json").write_text('{"class_names": "not a list"}')
     (tmp_path / "fake.json").write_text('{"image_size": 32, "class_names": ["a", "b"]}')
     from PIL import Image
     Image.new("RGB", (8, 8)).save(tmp_path / "picture.png")

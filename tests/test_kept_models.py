@@ -7,8 +7,10 @@ way leaving no partial .keras."""
 import json
 import os
 import pickle
+import socket
 import subprocess
 import sys
+import time
 import types
 
 import pytest
@@ -89,11 +91,26 @@ def test_a_save_killed_half_way_leaves_no_partial_model(tmp_path):
         kept_models.keep_if_among_best(FakeModel(fail=True), result, settings, [])
     folder = kept_models.models_dir(tmp_path)
     assert not list(folder.glob("*.keras")) and kept_models.kept_models(tmp_path) == []
-    # A kill -9 leaves the partial file under its hidden name; the next save removes it.
-    dead = folder / f".model_0.4_bbbbb{kept_models.PARTIAL_MARK}999999999.keras"
-    dead.write_bytes(b"PK")
+    # A kill -9 leaves the partial file under its hidden name; the next save
+    # removes it: this host's when its process is gone, another host's (a
+    # container sharing the folder) only once it is an hour old.
+    host = socket.gethostname()
+    dead = folder / f".model_0.4_bbbbb{kept_models.PARTIAL_MARK}{host}-999999999.keras"
+    alive = folder / f".model_0.4_ddddd{kept_models.PARTIAL_MARK}{host}-{os.getpid()}.keras"
+    elsewhere = folder / f".model_0.4_eeeee{kept_models.PARTIAL_MARK}other-host-1.keras"
+    old = folder / f".model_0.4_fffff{kept_models.PARTIAL_MARK}other-host-2.keras"
+    for path in (dead, alive, elsewhere, old):
+        path.write_bytes(b"PK")
+    os.utime(old, (time.time() - 2 * kept_models.STALE_PARTIAL_SECONDS,) * 2)
     finish(tmp_path, 0.6, "ccccc", [])
-    assert not dead.exists() and names(tmp_path) == ["model_0.600000_ccccc"]
+    assert names(tmp_path) == ["model_0.600000_ccccc"]
+    assert [p.exists() for p in (dead, alive, elsewhere, old)] == [False, True, True, False]
+
+
+def test_a_result_taken_back_takes_its_model_with_it(tmp_path):
+    finish(tmp_path, 0.6, "ccccc", [])
+    kept_models.forget(tmp_path / "model_0.600000_ccccc.txt.json")
+    assert names(tmp_path) == [] and not list(kept_models.models_dir(tmp_path).iterdir())
 
 
 # ------------------------------------------------ a real local search ----

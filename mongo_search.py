@@ -135,15 +135,26 @@ class SearchStalled(Exception):
 def queue_and_follow(search, driver, objective, space, warm_start, seen=None):
     """The driver's work: open the experiment, queue with TPE, follow the
     workers (`seen`: what was reported before an outage). Returns the
-    MongoTrials."""
+    MongoTrials. When it fails (MongoDB went away), its MongoDB client is
+    closed: the next try opens its own, and a driver that rides out many
+    outages does not keep one client, with its monitor threads, per outage."""
     import mongo_compat
-    from hyperopt import fmin, tpe
-    from hyperopt.exceptions import AllTrialsFailed
     from hyperopt.mongoexp import MongoTrials
     try:
         trials = MongoTrials(mongo_compat.open_jobs(driver.mongo), exp_key=driver.exp_key)
     except mongo_compat.MongoUnavailable as err:
         raise MongoLost(str(err)) from None
+    try:
+        return run_experiment(trials, search, driver, objective, space, warm_start, seen)
+    except BaseException:
+        trials.handle.conn.close()
+        raise
+
+
+def run_experiment(trials, search, driver, objective, space, warm_start, seen):
+    """queue_and_follow's work on the opened MongoTrials."""
+    from hyperopt import fmin, tpe
+    from hyperopt.exceptions import AllTrialsFailed
     # hyperopt's trial-id counter, created here so that ids start at 0 (created
     # by its first use, hyperopt warns and skips ahead).
     trials.handle.db.job_ids.update_one({"a": 0}, {"$setOnInsert": {"last_id": 0}},

@@ -563,3 +563,41 @@ def test_a_driver_refuses_an_experiment_of_another_data_set(tmp_path, mongo_db):
                        r"on flowers \(2 classes, 32 px\), not on cifar10 \(10 classes, 32 px\)"):
         mongo_search.check_data_set(mongo_db, "exp", flags.SearchSettings(dataset="cifar10"))
     mongo_search.check_data_set(mongo_db, "other", flags.SearchSettings(dataset="cifar10"))
+
+
+def test_the_driver_closes_its_mongodb_client_at_each_outage(mongo_url, monkeypatch, capsys):
+    """Three outages ridden out: each try's MongoDB client is closed before
+    the next one opens its own, so a driver that lives through a flaky
+    network does not keep a client, and its monitor threads, per outage."""
+    import pymongo.errors
+    import flags
+    import mongo_compat
+    import mongo_search
+    import mongo_settings
+    opened, closed = [], []
+    real_open = mongo_compat.open_jobs
+
+    def open_jobs(url):
+        jobs = real_open(url)
+        close = jobs.conn.close
+        jobs.conn.close = lambda: (closed.append(jobs), close())
+        opened.append(jobs)
+        return jobs
+
+    calls = []
+
+    def run_experiment(trials, *args):
+        calls.append(trials)
+        if len(calls) <= 3:
+            raise pymongo.errors.AutoReconnect("connection reset")
+        return trials
+
+    monkeypatch.setattr(mongo_compat, "open_jobs", open_jobs)
+    monkeypatch.setattr(mongo_search, "run_experiment", run_experiment)
+    monkeypatch.setattr(mongo_search, "wait_for_mongo", lambda url, grace: 0.0)
+    address = mongo_url.replace("mongodb://", "mongo://", 1).split("?")[0] + "/jobs"
+    driver = mongo_settings.DriverSettings(mongo=address, exp_key="exp")
+    assert mongo_search.run_driver(flags.SearchSettings(), driver, None, {}, None) == 0
+    tried = [trials.handle for trials in calls]
+    assert len(tried) == 4 and closed[:3] == tried[:3] and tried[3] not in closed
+    assert capsys.readouterr().out.count("MongoDB is back after") == 3

@@ -275,6 +275,9 @@ def main(argv=None):
     machine = machine_settings(config)
     config.workdir = str(Path(config.workdir or os.getcwd()).resolve())
     try:
+        notice = mongo_settings.open_database_notice(config.mongo)
+        if notice:
+            print(notice, file=sys.stderr, flush=True)
         jobs = mongo_compat.open_jobs(config.mongo)
     except mongo_compat.MongoUnavailable as err:
         print(f"error: {err}", file=sys.stderr)

@@ -198,11 +198,24 @@ def connect(dbname, host="localhost", auth_dbname=None, port=27017, ssh=False,
     client = pymongo.MongoClient(host, port, document_class=SON, w=1, journal=True,
                                  serverSelectionTimeoutMS=timeout_ms,
                                  connectTimeoutMS=timeout_ms,
-                                 socketTimeoutMS=int(SOCKET_TIMEOUT_S * 1000), **credentials)
+                                 socketTimeoutMS=int(SOCKET_TIMEOUT_S * 1000), **credentials,
+                                 **_tls_by_server.get((host.strip("[]"), int(port)), {}))
     return client, None
 
 
 _original_connect = None
+_tls_by_server = {}  # (host, port): the TLS options of its address, which hyperopt drops
+
+# The URL options that reach pymongo besides authSource: TLS (name: type).
+TLS_OPTIONS = {"tls": bool, "tlsCAFile": str, "tlsCertificateKeyFile": str,
+               "tlsAllowInvalidCertificates": bool, "tlsAllowInvalidHostnames": bool}
+
+
+def tls_options(url):
+    """The TLS options of a mongo:// address, as MongoClient keywords."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    return {name: (values[-1].lower() == "true" if TLS_OPTIONS[name] is bool else values[-1])
+            for name, values in query.items() if name in TLS_OPTIONS}
 
 
 class MongoUnavailable(Exception):
@@ -219,6 +232,7 @@ def open_jobs(url):
     install()
     parts = parse.urlsplit(url)
     where = f"{parts.hostname}:{parts.port}{parts.path.rsplit('/', 1)[0]}"
+    _tls_by_server[(parts.hostname, parts.port)] = tls_options(url)
     try:
         jobs = MongoJobs.new_from_connection_str(url)
     except OSError:  # hyperopt looks for a missing password in ~/.hyperopt

@@ -51,6 +51,9 @@ def run_driver(search, driver, objective, space, warm_start):
     import pymongo.errors
     import mongo_compat
     seen = {}  # what the driver has reported, kept across MongoDB outages
+    notice = mongo_settings.open_database_notice(driver.mongo)
+    if notice:
+        print(notice, file=sys.stderr, flush=True)
     try:
         while True:
             try:

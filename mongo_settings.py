@@ -12,6 +12,7 @@ import re
 import urllib.parse
 
 import flags
+import mongo_compat
 
 MONGO_DEFAULT_PORT = 27017
 MONGO_DEFAULT_DB = "hyperopt"
@@ -22,7 +23,8 @@ MONGO_JOBS_COLLECTION = "jobs"
 
 def mongo_url(text):
     """A MongoDB address as hyperopt's MongoTrials wants it:
-    `mongo://[user:password@]host:port/db/jobs[?authSource=db]`. Accepts
+    `mongo://[user:password@]host:port/db/jobs[?authSource=db&tls=true...]`
+    (mongo_compat.TLS_OPTIONS are kept for MongoClient). Accepts
     `HOST[:PORT][/DB]` (port 27017 and database `hyperopt` by default),
     `mongodb://[user:password@]HOST[:PORT]/DB[?authSource=db]` (user and
     password percent-encoded, as in any MongoDB URL) and hyperopt's own
@@ -60,18 +62,36 @@ def mongo_url(text):
     if any(c in database for c in ' ."$\\') or len(database) > 63:
         raise ValueError(f"{shown}: {database!r} is not a valid MongoDB database name")
     query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(query) - {"authSource"})
+    unknown = sorted(set(query) - {"authSource"} - set(mongo_compat.TLS_OPTIONS))
     if unknown:
         raise ValueError(f"{shown}: unsupported option(s) {', '.join(unknown)}; only "
-                         "authSource is understood")
+                         f"authSource and {', '.join(mongo_compat.TLS_OPTIONS)} are understood")
+    for name, values in query.items():
+        if (mongo_compat.TLS_OPTIONS.get(name) is bool
+                and values[-1].lower() not in ("true", "false")):
+            raise ValueError(f"{shown}: {name} must be true or false")
     if parts.password is not None and not parts.username:
         raise ValueError(f"{shown}: a password needs a user name")
     auth = ""
     if parts.username:
         auth = parts.username + (f":{parts.password}" if parts.password is not None else "") + "@"
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    tail = f"?authSource={query['authSource'][-1]}" if query.get("authSource") else ""
+    kept = {name: values[-1] for name, values in query.items()
+            if name in mongo_compat.TLS_OPTIONS or (name == "authSource" and values[-1])}
+    tail = f"?{urllib.parse.urlencode(kept, safe='/')}" if kept else ""
     return f"mongo://{auth}{host}:{port}/{database}/{MONGO_JOBS_COLLECTION}{tail}"
+
+
+def open_database_notice(url):
+    """One line when `url` names a MongoDB on another machine without a user
+    name: anyone who reaches it can run code on every worker; "" otherwise."""
+    parts = urllib.parse.urlsplit(url)
+    local = parts.hostname in ("localhost", "::1") or str(parts.hostname).startswith("127.")
+    if local or parts.username:
+        return ""
+    return (f"warning: MongoDB at {redact(url)} is used without a user name and password: "
+            "anyone who can reach it can run code on every worker (docs/mongodb.md, "
+            "The trust boundary). Give it a password, keep it on a private network.")
 
 
 HOST_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")

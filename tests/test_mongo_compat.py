@@ -214,3 +214,49 @@ def test_without_the_layer_hyperopt_fails_on_pymongo_4(mongo_url):
 def hyperopt_url(mongo_url):
     import mongo_settings
     return mongo_settings.mongo_url(mongo_url)
+
+
+# ------------------------------------------------ the trust boundary ----
+
+def test_tls_options_in_the_address_reach_pymongo(monkeypatch):
+    """mongodb://...?tls=true&tlsCAFile=... : hyperopt drops URL options, so
+    open_jobs hands them to MongoClient itself."""
+    import pymongo
+    import mongo_settings
+    url = mongo_settings.mongo_url("mongodb://hks:secret@db.example.org:27017/hks?authSource=admin"
+                                   "&tls=true&tlsCAFile=/etc/hks/ca.pem"
+                                   "&tlsAllowInvalidHostnames=false")
+    assert url == ("mongo://hks:secret@db.example.org:27017/hks/jobs?authSource=admin&tls=true"
+                   "&tlsCAFile=/etc/hks/ca.pem&tlsAllowInvalidHostnames=false")
+    made = []
+
+    def client(*args, **kwargs):  # what would go to db.example.org; nothing is reached
+        made.append(kwargs)
+        return real_client("127.0.0.1", 1, serverSelectionTimeoutMS=50)
+
+    real_client = pymongo.MongoClient
+    monkeypatch.setattr(mongo_compat.pymongo, "MongoClient", client)
+    with pytest.raises(mongo_compat.MongoUnavailable):
+        mongo_compat.open_jobs(url)
+    assert made[0]["tls"] is True and made[0]["tlsCAFile"] == "/etc/hks/ca.pem"
+    assert made[0]["tlsAllowInvalidHostnames"] is False
+    assert made[0]["username"] == "hks" and made[0]["authSource"] == "admin"
+    with pytest.raises(mongo_compat.MongoUnavailable):
+        mongo_compat.open_jobs(mongo_settings.mongo_url("other.example.org/hks"))
+    assert "tls" not in made[1]  # each server its own options
+
+
+def test_options_pymongo_is_not_given_are_refused():
+    import mongo_settings
+    for address, why in [("h/db?tls=maybe", "tls must be true or false"),
+                         ("h/db?replicaSet=rs0", "unsupported option(s) replicaSet")]:
+        with pytest.raises(ValueError, match=re.escape(why)):
+            mongo_settings.mongo_url(address)
+
+
+def test_a_remote_database_without_a_password_is_named_once():
+    import mongo_settings
+    notice = mongo_settings.open_database_notice(mongo_settings.mongo_url("db.example.org/hks"))
+    assert "without a user name and password: anyone who can reach it can run code" in notice
+    for safe in ("127.0.0.1/hks", "localhost/hks", "mongodb://hks:pw@db.example.org/hks"):
+        assert mongo_settings.open_database_notice(mongo_settings.mongo_url(safe)) == ""

@@ -329,8 +329,8 @@ def follow_workers(search, driver, trials, seen=None):
             {"exp_key": driver.exp_key, "state": JOB_STATE_ERROR}, projection=["tid"])}
     reported, failed = seen["reported"], seen["failed"]
     # Staleness counts from when the driver last found MongoDB answering
-    # steadily: heartbeats that could not reach it while it was away, paused,
-    # or while no driver watched, do not make a trial stale.
+    # steadily: heartbeats that could not reach it while it was away or
+    # paused, or while no driver watched, do not make a trial stale.
     now = jobs.database.command("hello")["localTime"]
     clock = {"since": now, "last": now}
     of = f"/{search.max_evals}" if search.max_evals else ""
@@ -341,8 +341,14 @@ def follow_workers(search, driver, trials, seen=None):
         SearchStalled once --stop-after-no-improvement says so (unless
         `final`: the search is over anyway)."""
         now = jobs.database.command("hello")["localTime"]  # MongoDB's clock, as heartbeats
-        if (now - clock["last"]).total_seconds() > max(driver.stale_after / 2, STUCK_S):
-            clock["since"] = now  # MongoDB (or this driver) was stuck: a pause for all
+        gap = (now - clock["last"]).total_seconds()
+        if gap > max(driver.stale_after / 2, STUCK_S) and not heartbeat_since(
+                jobs, driver.exp_key, clock["last"]):
+            # No worker got a heartbeat through since the last look: MongoDB
+            # (or the whole machine) was stuck, a pause for all. A driver that
+            # was only starved of CPU finds the live workers' heartbeats of
+            # meanwhile, and requeues on time.
+            clock["since"] = now
         clock["last"] = now
         for message in requeue_stale_jobs(jobs, driver, now=now, not_before=clock["since"]):
             print(message, flush=True)
@@ -371,6 +377,12 @@ def follow_workers(search, driver, trials, seen=None):
             raise SearchStalled(line)
         return False, []
     return follow
+
+
+def heartbeat_since(jobs, exp_key, when):
+    """Whether any running trial of the experiment had a heartbeat after `when`."""
+    return jobs.find_one({"exp_key": exp_key, "state": JOB_STATE_RUNNING,
+                          "refresh_time": {"$gt": when}}, projection=["_id"]) is not None
 
 
 def requeue_update(count_requeue=True):

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW
+from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_RUNNING
 
 from conftest import ROOT, SUPPORT, hear_ctrl_c
 
@@ -601,3 +601,38 @@ def test_the_driver_closes_its_mongodb_client_at_each_outage(mongo_url, monkeypa
     tried = [trials.handle for trials in calls]
     assert len(tried) == 4 and closed[:3] == tried[:3] and tried[3] not in closed
     assert capsys.readouterr().out.count("MongoDB is back after") == 3
+
+
+def test_a_driver_starved_of_cpu_still_requeues_a_dead_workers_trial(mongo_url, monkeypatch):
+    """Two looks further apart than the stuck threshold: when no heartbeat
+    got through meanwhile (MongoDB was paused), silence restarts from now and
+    nothing is requeued; when a live worker's heartbeats did (the driver was
+    only starved of CPU on a busy machine), the dead worker's trial goes
+    back to the queue at once instead of waiting for a steady look."""
+    import flags
+    import mongo_compat
+    import mongo_search
+    import mongo_settings
+    from hyperopt.mongoexp import MongoTrials
+    monkeypatch.setattr(mongo_search, "STUCK_S", 1.0)
+    jobs = mongo_compat.open_jobs(mongo_settings.mongo_url(mongo_url))
+    for tid in (0, 1):
+        jobs.insert({"exp_key": "exp", "tid": tid, "state": 0, "owner": None, "version": 0,
+                     "spec": None, "result": {"status": "new"},
+                     "misc": {"tid": tid, "cmd": None, "idxs": {}, "vals": {}}})
+    dead, live = (jobs.reserve(owner, exp_key="exp") for owner in ("dead-worker", "live-worker"))
+    config = mongo_settings.DriverSettings(exp_key="exp", stale_after=1.0, max_requeues=2)
+    trials = MongoTrials(jobs, exp_key="exp")
+    follow = mongo_search.follow_workers(flags.SearchSettings(), config, trials)
+
+    def state(job):
+        return jobs.jobs.find_one({"_id": job["_id"]})["state"]
+
+    time.sleep(1.5)  # MongoDB paused: no heartbeat at all
+    follow(trials)
+    assert (state(dead), state(live)) == (JOB_STATE_RUNNING, JOB_STATE_RUNNING)
+    time.sleep(1.5)  # the driver starved, the live worker beating
+    now = jobs.db.command("hello")["localTime"]
+    jobs.jobs.update_one({"_id": live["_id"]}, {"$set": {"refresh_time": now}})
+    follow(trials)
+    assert (state(dead), state(live)) == (JOB_STATE_NEW, JOB_STATE_RUNNING)

@@ -57,7 +57,7 @@ def run_folder(n_images, work):
 
 def run_model(hype_space, work):
     """Seconds to keep the model of `hype_space` (the median of SAVES saves,
-    as a trial does: copied for inference, written, fsynced, renamed), its
+    as a trial does: wrapped for inference, written, fsynced, renamed), its
     file's size, and predict.py's images/s on it (after one warm-up batch)."""
     import neural_net
     model = neural_net.build_model(hype_space)

@@ -37,6 +37,7 @@ import numpy as np
 
 import dataset
 import flags
+import kept_models
 import utils
 
 # neural_net imports Keras (seconds): imported once the files are known to exist.
@@ -150,13 +151,10 @@ def load_keras_file(path):
     if not path.is_file():
         raise VisualizationError(f"model file {path} does not exist")
     import neural_net  # noqa: F401  (quiets TensorFlow's start-up first)
-    import keras
     try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as err:
-        message = str(err).splitlines()[0] if str(err) else ""
-        raise VisualizationError(f"{path} cannot be loaded as a Keras model "
-                                 f"({type(err).__name__}: {message[:200]})") from None
+        return kept_models.load_model(path)
+    except kept_models.NotAModel as err:
+        raise VisualizationError(str(err)) from None
 
 
 def conv_layers(model):

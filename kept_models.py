@@ -13,6 +13,7 @@ import math
 import os
 import socket
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,26 @@ def save(model, info, path):
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+class NotAModel(ValueError):
+    """A file that cannot be loaded as a Keras model; the message says why."""
+
+
+def load_model(path):
+    """A .keras file (kept, or retrained) as a Keras model, uncompiled, or
+    NotAModel in one line. Callers import neural_net first: it quiets
+    TensorFlow's start-up, and this module does not import it."""
+    if not zipfile.is_zipfile(path):
+        raise NotAModel(f"{path} cannot be loaded as a Keras model (a .keras file is a zip "
+                        "archive; this one is not: truncated, or something else)")
+    import keras
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as err:  # a zip of something else, a newer Keras, a truncated file
+        first_line = (str(err).splitlines() or [""])[0][:200]
+        raise NotAModel(f"{path} cannot be loaded as a Keras model "
+                        f"({type(err).__name__}: {first_line})") from None
 
 
 def for_inference(model):

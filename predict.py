@@ -13,7 +13,6 @@ resized whole to the model's size.
 
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -90,17 +89,11 @@ def checked_info(path, info):
 
 
 def load(path):
-    if not zipfile.is_zipfile(path):
-        raise PredictError(f"{path} cannot be loaded as a Keras model (a .keras file is a "
-                           "zip archive; this one is not: truncated, or something else)")
     import neural_net  # noqa: F401  (first: it quiets TensorFlow's start-up)
-    import keras
     try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as err:  # a zip of something else, a newer Keras, a truncated file
-        raise PredictError(f"{path} cannot be loaded as a Keras model "
-                           f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]})"
-                           ) from None
+        return kept_models.load_model(path)
+    except kept_models.NotAModel as err:
+        raise PredictError(str(err)) from None
 
 
 def heads_of(info):

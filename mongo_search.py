@@ -291,11 +291,11 @@ def worker_objective(objective, settings, expr, memo, ctrl):
     finally:
         if in_trial is not None:
             in_trial["_id"] = None  # before hyperopt writes the result
-    if trial_process.abandoned.is_set():
-        raise TrialTakenAway(f"trial {ctrl.current_trial['tid'] + 1} went back to the queue "
-                             "while this worker was silent; another worker runs it")
     if isinstance(result, dict) and result.get("model_name"):  # to remove if not stored
         handle.last_result_file = utils.result_path(result, settings.results_dir)
+    if trial_process.abandoned.is_set():  # its file too, if written before the heartbeat knew
+        raise TrialTakenAway(f"trial {ctrl.current_trial['tid'] + 1} went back to the queue "
+                             "while this worker was silent; another worker runs it")
     return result
 
 

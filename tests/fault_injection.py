@@ -5,6 +5,8 @@ its driver, pause MongoDB, and count what was lost or done twice.
     python3 tests/fault_injection.py --quick         # the short form the tests run (no
                                                      # undisturbed run to compare times with)
     python3 tests/fault_injection.py --out faults.json
+    python3 tests/fault_injection.py --soak          # four workers on a busy machine,
+                                                     # faults again and again: tests/soak.py
 
 Everything runs on this machine, in a temporary folder, on a tiny synthetic
 archive, against the tests' MongoDB stand-in on loopback; it stops by itself.
@@ -58,6 +60,7 @@ FULL = {"kills": 20, "max_evals": 24, "worker_kills": 4, "mongo_evals": 16, "ref
 RANDOM_KILL_S = (3.0, 12.0)
 QUICK = {"kills": 2, "max_evals": 3, "worker_kills": 1, "mongo_evals": 5, "reference": False}
 STALE_AFTER = 3.0  # the MongoDB part's --stale-after, seconds
+OUTAGE_GRACE = 120  # the driver's and workers' --outage-grace, seconds
 # Workers wait this long for a queued trial, so that none leaves while the
 # driver is down or slow to requeue (a loaded machine); the run ends them.
 RESERVE_TIMEOUT = 600
@@ -218,21 +221,24 @@ class Mongo:
         self.process.wait(timeout=10)
 
 
-def start_driver(mongo, folder, env, max_evals):
+def start_driver(mongo, folder, env, max_evals, stale_after=STALE_AFTER, queue_len=2):
+    """The MongoDB driver with 3 s stand-in trials (slow_3s), its log appended
+    to folder/driver.log."""
     return subprocess.Popen(
         [sys.executable, str(SUPPORT / "mongo_driver.py"), "slow_3s", "--mongo", mongo.url,
-         "--exp-key", "faults", "--max-evals", str(max_evals), "--queue-len", "2",
-         "--stale-after", str(STALE_AFTER), "--max-requeues", "5", "--epochs", "1",
-         "--no-plots", "--outage-grace", "120"],
+         "--exp-key", "faults", "--max-evals", str(max_evals), "--queue-len", str(queue_len),
+         "--stale-after", str(stale_after), "--max-requeues", "5", "--epochs", "1",
+         "--no-plots", "--outage-grace", str(OUTAGE_GRACE)],
         cwd=folder, env=env, stdout=(folder / "driver.log").open("a"), stderr=subprocess.STDOUT)
 
 
 def start_worker(mongo, folder, data_dir, env):
+    """A worker in its own folder (results/ and worker.log there)."""
     folder.mkdir(exist_ok=True)
     return subprocess.Popen(
         [sys.executable, str(ROOT / "hyperopt_mongo_worker.py"), "--mongo", mongo.url,
          "--exp-key", "faults", "--data-dir", str(data_dir), "--results-dir", "results",
-         "--reserve-timeout", str(RESERVE_TIMEOUT), "--outage-grace", "120"],
+         "--reserve-timeout", str(RESERVE_TIMEOUT), "--outage-grace", str(OUTAGE_GRACE)],
         cwd=folder, env=env, stdout=(folder / "worker.log").open("a"), stderr=subprocess.STDOUT)
 
 
@@ -299,35 +305,54 @@ def mongo_part(work, sizes, rng):
         mongo.close()
 
 
-def kill_a_worker(mongo, workers, folders, data_dir, env, rng):
-    """SIGKILL a worker in the middle of a trial and start it again; returns
-    the seconds until another worker took the trial (None if none did)."""
-    deadline = time.monotonic() + 120
+def kill_a_worker(mongo, workers, folders, data_dir, env, rng, candidates=None):
+    """SIGKILL a worker (one of `candidates`, indexes; default any) in the
+    middle of a trial and start it again; returns the seconds until another
+    worker took the trial (None if none did, or it had finished first)."""
+    index, job = worker_mid_trial(mongo, workers, rng, candidates)
+    if job is None:
+        return None
+    worker = workers[index]
+    for child in descendants(worker):
+        child.kill()
+    worker.kill()
+    worker.wait()
+    died = time.monotonic()
+    workers[index] = start_worker(mongo, folders[index], data_dir, env)
+    return takeover_seconds(mongo, job, died)
+
+
+def worker_mid_trial(mongo, workers, rng, candidates=None, timeout=120):
+    """Wait for a worker (of `candidates`) that has just taken a trial, then
+    until a random moment in the middle of its 3 s trial; returns (index of
+    the worker, its job), or (None, None) when none took one within `timeout`."""
+    candidates = range(len(workers)) if candidates is None else candidates
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        running = mongo.find(state=1)
-        owners = {job["owner"]: job for job in running if job.get("owner")}
-        for index, worker in enumerate(workers):
-            job = next((j for o, j in owners.items() if o.split(":")[1] == str(worker.pid)), None)
+        owners = {job["owner"]: job for job in mongo.find(state=1) if job.get("owner")}
+        for index in candidates:
+            pid = str(workers[index].pid)
+            job = next((j for o, j in owners.items() if o.split(":")[1] == pid), None)
             if job is None or not job.get("book_time"):
                 continue
-            # At a random moment in the middle of its 3 s trial.
             into = (datetime.datetime.utcnow() - job["book_time"]).total_seconds()
             if into > 1.5:
                 continue
             time.sleep(max(0.0, rng.uniform(0.5, 2.0) - into))
-            for child in descendants(worker):
-                child.kill()
-            worker.kill()
-            worker.wait()
-            died = time.monotonic()
-            workers[index] = start_worker(mongo, folders[index], data_dir, env)
-            while time.monotonic() < died + 120:
-                now = mongo.jobs.find_one({"_id": job["_id"]})
-                if now and now.get("owner") not in (None, job["owner"]):
-                    return round(time.monotonic() - died, 1)
-                if now and now["state"] in (2, 3) and now.get("owner") == job["owner"]:
-                    return None  # it had finished before the kill
-                time.sleep(0.1)
+            return index, job
+        time.sleep(0.1)
+    return None, None
+
+
+def takeover_seconds(mongo, job, since, timeout=120):
+    """Seconds from `since` (time.monotonic()) until a worker other than
+    `job`'s owner took `job`; None when none did within `timeout`, or when
+    its owner finished it first."""
+    while time.monotonic() < since + timeout:
+        now = mongo.jobs.find_one({"_id": job["_id"]})
+        if now and now.get("owner") not in (None, job["owner"]):
+            return round(time.monotonic() - since, 1)
+        if now and now["state"] in (2, 3) and now.get("owner") == job["owner"]:
             return None
         time.sleep(0.1)
     return None
@@ -370,7 +395,17 @@ def main(argv=None):
     parser.add_argument("--skip-mongo", action="store_true", help="only the local search")
     parser.add_argument("--skip-local", action="store_true", help="only the MongoDB part")
     parser.add_argument("--out", help="also write the figures as JSON to this file")
+    parser.add_argument("--soak", action="store_true",
+                        help="the soak run instead (tests/soak.py): 4 workers on a busy machine, "
+                        "faults again and again")
+    parser.add_argument("--minutes", type=flags.argparse_type(flags.positive_number),
+                        help="--soak: minutes of faults (default 10; --quick 0.5)")
+    parser.add_argument("--workers", type=flags.argparse_type(flags.positive_int),
+                        help="--soak: MongoDB workers (default 4; --quick 2)")
     args = parser.parse_args(argv)
+    if args.soak:
+        import soak
+        return soak.main(args)
     sizes = dict(QUICK if args.quick else FULL)
     sizes.update({k: v for k, v in (("kills", args.kills), ("max_evals", args.max_evals))
                   if v is not None})

@@ -154,6 +154,7 @@ class Soak:
         self.driver_started_at = self.log.stat().st_size if self.log.exists() else 0
         self.driver = fi.start_driver(self.mongo, self.work, self.env, max_evals,
                                       stale_after=STALE_AFTER, queue_len=self.sizes["workers"])
+        self.watched_driver = self.driver.pid
         self.sampler.watch["driver"] = (self.driver, self.log, trial_lines(self.log))
 
     def start(self):
@@ -202,19 +203,22 @@ class Soak:
         return said.count("went away") <= said.count("is back after")
 
     def drain(self, timeout):
-        """Interrupt the driver, start it a last time with --max-evals at the
-        trials it queued (it then waits for all of them), stop the workers.
-        Returns whether that last driver completed."""
+        """Interrupt the driver and start it a last time with --max-evals at
+        the trials it queued: it waits for all of them. Returns whether that
+        last driver completed."""
         self.driver.send_signal(signal.SIGINT)
         self.driver.wait(timeout=60)
         queued = self.mongo.jobs.count_documents({"exp_key": "faults"})
-        last = fi.start_driver(self.mongo, self.work, self.env, queued,
-                               stale_after=STALE_AFTER, queue_len=self.sizes["workers"])
+        self.driver = fi.start_driver(self.mongo, self.work, self.env, queued,
+                                      stale_after=STALE_AFTER, queue_len=self.sizes["workers"])
         try:
-            completed = last.wait(timeout=timeout) == 0
+            return self.driver.wait(timeout=timeout) == 0
         except subprocess.TimeoutExpired:
-            last.kill()
-            completed = False
+            self.driver.kill()
+            return False
+
+    def stop_workers(self):
+        """SIGTERM: each gives its trial back, if it has one."""
         for worker in self.workers:
             worker.send_signal(signal.SIGCONT)
             worker.terminate()
@@ -223,7 +227,6 @@ class Soak:
                 worker.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 worker.kill()
-        return completed
 
     def close(self):
         self.sampler.done.set()
@@ -283,7 +286,7 @@ def percentiles(values):
             "p95": round(float(np.percentile(values, 95)), 1), "max": max(values)}
 
 
-def figures(soak, sizes, completed):
+def figures(soak, sizes, completed, outages):
     kills = [s for s in soak.done["kill"] if s is not None]
     result = counts(soak)
     result.update({
@@ -298,8 +301,8 @@ def figures(soak, sizes, completed):
         "frozen_workers_trials_taken_over_seconds": soak.done["stop"],
         "driver_restarts": soak.done["driver"],
         "mongo_freezes_seconds": soak.done["freeze"],
-        "driver_outages_ridden": outages_ridden(soak),
-        "driver": soak.sampler.figures("driver", soak.driver.pid),
+        "driver_outages_ridden": outages,
+        "driver": soak.sampler.figures("driver", soak.watched_driver),
         "worker": soak.sampler.figures("worker", soak.workers[0].pid),
     })
     return result
@@ -364,10 +367,13 @@ def main(args):
             soak.start()
             fi.wait_for(lambda: soak.finished() >= 1, 300)
             run_faults(soak, sizes, rng, time.monotonic())
-            soak.sampler.done.set()  # the watched driver's life ends here
-            figures_ = figures(soak, sizes, completed=None)
+            del soak.sampler.watch["driver"]  # the watched driver's life ends here
+            outages = outages_ridden(soak)
             completed = soak.drain(timeout=600)
-            figures_.update(counts(soak), search_completed=completed)
+            time.sleep(2 * SAMPLE_S)  # the worker's last samples, settled
+            soak.sampler.done.set()
+            figures_ = figures(soak, sizes, completed, outages)
+            soak.stop_workers()
         finally:
             soak.close()
             for hog in hogs:
@@ -380,7 +386,8 @@ def main(args):
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "seconds": round(time.monotonic() - started), "seed": args.seed,
               "soak": figures_, "passed": all(checks.values()),
-              "failed_checks": [name for name, ok in checks.items() if not ok]}
+              "failed_checks": [name for name, ok in checks.items() if not ok],
+              "samples": soak.sampler.samples}
     print(json.dumps(figures_, indent=2), flush=True)
     if args.out:
         utils.atomic_write(args.out, (json.dumps(report, indent=2) + "\n").encode())

@@ -48,25 +48,31 @@ import fault_injection as fi
 import synthetic_data
 import utils
 
+# freeze_s: how long MongoDB freezes (seconds, drawn between the two): past
+# 20 s, so that the driver and the workers always ride out an outage. A call
+# in flight fails at the clients' 20 s socket timeout
+# (mongo_compat.SOCKET_TIMEOUT_S), and within 15 s pymongo's monitor (a look
+# every 10 s, answered within 5 s) gives the server up, after which a new
+# call fails once it found no server for 5 s. Shorter freezes are often
+# ridden out unnoticed. Well within --outage-grace (fault_injection.OUTAGE_GRACE).
 FULL = {"minutes": 10.0, "workers": 4, "trials": 200, "hogs": os.cpu_count() or 1,
-        "worker_kills": 10, "worker_stops": 3, "driver_kills": 2, "mongo_freezes": 3}
+        "worker_kills": 10, "worker_stops": 3, "driver_kills": 2, "mongo_freezes": 3,
+        "freeze_s": (22.0, 28.0)}
 QUICK = {"minutes": 0.5, "workers": 2, "trials": 8, "hogs": 1,
-         "worker_kills": 2, "worker_stops": 1, "driver_kills": 1, "mongo_freezes": 2}
+         "worker_kills": 2, "worker_stops": 1, "driver_kills": 1, "mongo_freezes": 2,
+         "freeze_s": (22.0, 24.0)}
 STALE_AFTER = 5.0  # the driver's --stale-after, seconds
 POLL = 0.5  # the workers' --poll-interval and --heartbeat; the driver looks every 1 s
 DRIVER_POLL = 1.0  # hyperopt's fmin polls MongoDB once a second
 # A killed worker's trial must be taken by another worker within this.
 REQUEUE_BOUND = STALE_AFTER + 2 * max(POLL, DRIVER_POLL) + 10
-# MongoDB freezes this long: past the clients' 20 s socket timeout
-# (mongo_compat.SOCKET_TIMEOUT_S), so that calls in flight fail and the
-# driver and workers go through their outage handling; well within
-# --outage-grace (fault_injection.OUTAGE_GRACE).
-FREEZE_S = (22.0, 28.0)
 SAMPLE_S = 2.0  # seconds between samples of RSS and threads
-# Flat across the outages: the last sample may exceed the first by this much.
-# A MongoDB client left behind per outage adds 2 or more threads each.
+# Flat across the outages: the last sample's threads may exceed the first's
+# by this much (a MongoDB client left behind adds 2 or more: its monitors),
+# and an outage may add this much RSS, beyond what the trials add (the
+# driver holds every trial: about 20 KiB each).
 THREADS_SLACK = 1
-RSS_SLACK_MIB = 8.0
+RSS_MIB_PER_OUTAGE = 2.0
 TRIAL_LINE = "Trial "  # utils.progress_line: one per finished trial, driver and workers
 
 
@@ -93,46 +99,90 @@ def fault_plan(sizes, rng):
     return early + late
 
 
-def trial_lines(log):
+def log_since(log, offset):
+    """What a process wrote to its log since `offset` (bytes)."""
     try:
-        return sum(line.startswith(TRIAL_LINE) for line in log.read_text().splitlines())
+        with open(log, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
     except FileNotFoundError:
-        return 0
+        return ""
+
+
+def log_size(log):
+    return log.stat().st_size if log.exists() else 0
 
 
 class Sampler(threading.Thread):
     """Every SAMPLE_S seconds, the RSS and threads of the watched driver and
-    worker, each once it has reported a trial."""
+    worker, each from its first reported trial on, with the trials and the
+    MongoDB outages its log shows by then."""
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.watch = {}  # role -> (process, its log, trial lines in the log at its start)
-        self.samples = []  # {"role", "pid", "at", "rss_mib", "threads"}
+        self.watch = {}  # role -> (process, its log, the log's size at its start)
+        self.samples = []  # {"role", "pid", "at", "rss_mib", "threads", "trials", ...}
         self.done = threading.Event()
 
     def run(self):
         started = time.monotonic()
         while not self.done.wait(SAMPLE_S):
-            for role, (process, log, lines_at_start) in list(self.watch.items()):
-                if trial_lines(log) <= lines_at_start:
+            for role, (process, log, offset) in list(self.watch.items()):
+                said = log_since(log, offset) if log else ""
+                trials = sum(line.startswith(TRIAL_LINE) for line in said.splitlines())
+                if log and not trials:
                     continue  # not yet: the first sample comes after its first trial
                 try:
                     p = psutil.Process(process.pid)
                     rss, threads = p.memory_info().rss / 2**20, p.num_threads()
+                    cpu = sum(p.cpu_times()[:2])
                 except psutil.Error:
                     continue
-                self.samples.append({"role": role, "pid": process.pid, "threads": threads,
-                                     "at": round(time.monotonic() - started, 1),
-                                     "rss_mib": round(rss, 1)})
+                outages = said.count("went away")
+                self.samples.append({
+                    "role": role, "pid": process.pid, "at": round(time.monotonic() - started, 1),
+                    "rss_mib": round(rss, 1), "threads": threads, "cpu_s": round(cpu, 1),
+                    "trials": trials, "outages": outages,
+                    "in_outage": outages > said.count("is back after")})
+
+    def cpu_share(self, role, pid=None):
+        """The share of one core a process used over its first and last
+        quarter of samples: how its work grows with the trials."""
+        mine = [s for s in self.samples if s["role"] == role and pid in (None, s["pid"])]
+        if len(mine) < 8:
+            return None
+        quarter = len(mine) // 4
+
+        def share(a, b):
+            return round((b["cpu_s"] - a["cpu_s"]) / max(b["at"] - a["at"], 1e-9), 2)
+        return {"first_quarter": share(mine[0], mine[quarter]),
+                "last_quarter": share(mine[-quarter - 1], mine[-1])}
 
     def figures(self, role, pid):
-        """first/last/max of the RSS and threads of one process."""
+        """first/last/max of the RSS and threads of one process (first and
+        last outside outages), and the RSS it gained per outage and per trial."""
         mine = [s for s in self.samples if s["role"] == role and s["pid"] == pid]
-        if not mine:
+        settled = [s for s in mine if not s["in_outage"]]
+        if not settled:
             return {"rss_mib": None, "threads": None, "samples": 0}
-        return {key: {"first": mine[0][key], "last": mine[-1][key],
-                      "max": max(s[key] for s in mine)} for key in ("rss_mib", "threads")} | {
-            "samples": len(mine)}
+        figures = {key: {"first": settled[0][key], "last": settled[-1][key],
+                         "max": max(s[key] for s in mine)} for key in ("rss_mib", "threads")}
+        figures.update(growth(settled), samples=len(mine), outages=mine[-1]["outages"])
+        return figures
+
+
+def growth(samples):
+    """RSS = a + b x trials + c x outages, fitted by least squares over the
+    samples: the MiB an outage adds (c; None without samples before and after
+    one) and the KiB a trial adds (b)."""
+    rss = np.array([s["rss_mib"] for s in samples])
+    columns = [np.ones(len(samples)), [s["trials"] for s in samples]]
+    with_outages = len({s["outages"] for s in samples}) > 1
+    if with_outages:
+        columns.append([s["outages"] for s in samples])
+    fit = np.linalg.lstsq(np.column_stack(columns), rss, rcond=None)[0]
+    return {"rss_mib_per_outage": round(float(fit[2]), 2) if with_outages else None,
+            "rss_kib_per_trial": round(float(fit[1]) * 1024, 1)}
 
 
 class Soak:
@@ -151,17 +201,18 @@ class Soak:
         self.done = {"kill": [], "stop": [], "driver": 0, "freeze": []}
 
     def start_driver(self, max_evals=10**6):
-        self.driver_started_at = self.log.stat().st_size if self.log.exists() else 0
+        self.driver_started_at = log_size(self.log)
         self.driver = fi.start_driver(self.mongo, self.work, self.env, max_evals,
                                       stale_after=STALE_AFTER, queue_len=self.sizes["workers"])
         self.watched_driver = self.driver.pid
-        self.sampler.watch["driver"] = (self.driver, self.log, trial_lines(self.log))
+        self.sampler.watch["driver"] = (self.driver, self.log, self.driver_started_at)
 
     def start(self):
         self.start_driver()
         self.workers = [fi.start_worker(self.mongo, f, self.data_dir, self.env)
                         for f in self.folders]
         self.sampler.watch["worker"] = (self.workers[0], self.folders[0] / "worker.log", 0)
+        self.sampler.watch["mongo"] = (self.mongo.process, None, 0)
         self.sampler.start()
 
     def finished(self):
@@ -190,7 +241,7 @@ class Soak:
             self.start_driver()
             self.done["driver"] += 1
         else:
-            seconds = self.rng.uniform(*FREEZE_S)
+            seconds = self.rng.uniform(*self.sizes["freeze_s"])
             self.mongo.process.send_signal(signal.SIGSTOP)
             time.sleep(seconds)
             self.mongo.process.send_signal(signal.SIGCONT)
@@ -255,9 +306,7 @@ def run_faults(soak, sizes, rng, started):
 
 def outages_ridden(soak):
     """How many MongoDB outages the watched driver went through (its log lines)."""
-    with open(soak.log, "rb") as f:
-        f.seek(soak.driver_started_at)
-        return f.read().decode(errors="replace").count("went away")
+    return log_since(soak.log, soak.driver_started_at).count("went away")
 
 
 def counts(soak):
@@ -304,16 +353,21 @@ def figures(soak, sizes, completed, outages):
         "driver_outages_ridden": outages,
         "driver": soak.sampler.figures("driver", soak.watched_driver),
         "worker": soak.sampler.figures("worker", soak.workers[0].pid),
+        # Where the CPU went as the trials piled up: one core = 1.0.
+        "cpu_share": {"driver": soak.sampler.cpu_share("driver", soak.watched_driver),
+                      "mongo_test_server": soak.sampler.cpu_share("mongo")},
     })
     return result
 
 
 def grew(process):
-    """Whether a process's threads or RSS grew from its first sample to its last."""
+    """Whether a process's threads grew from its first sample to its last, or
+    its memory with the outages."""
     if not process["samples"]:
         return True  # never sampled: nothing shows it flat
+    per_outage = process["rss_mib_per_outage"]
     return (process["threads"]["last"] > process["threads"]["first"] + THREADS_SLACK
-            or process["rss_mib"]["last"] > process["rss_mib"]["first"] + RSS_SLACK_MIB)
+            or (per_outage is not None and per_outage > RSS_MIB_PER_OUTAGE))
 
 
 def verdict(soak_figures, sizes):
@@ -344,6 +398,31 @@ def machine():
     return f"{os.cpu_count()} x {model}"
 
 
+def soak_run(work, sizes, rng):
+    """The whole run in the folder `work`; returns (its figures, the samples)."""
+    (work / "ml_req").mkdir()
+    synthetic_data.write_synthetic_archive(work / "ml_req" / "cifar-100-python.tar.gz", 400, 100)
+    soak, hogs = Soak(work, sizes, rng), []
+    try:
+        hogs = start_hogs(sizes["hogs"])
+        soak.start()
+        fi.wait_for(lambda: soak.finished() >= 1, 300)
+        run_faults(soak, sizes, rng, time.monotonic())
+        del soak.sampler.watch["driver"]  # the watched driver's life ends here
+        outages = outages_ridden(soak)
+        completed = soak.drain(timeout=600)
+        time.sleep(2 * SAMPLE_S)  # the worker's last samples, settled
+        soak.sampler.done.set()
+        figures_ = figures(soak, sizes, completed, outages)
+        soak.stop_workers()
+        return figures_, soak.sampler.samples
+    finally:
+        soak.close()
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
 def main(args):
     """--soak: run it with fault_injection.py's parsed `args`; returns the exit code."""
     sizes = dict(QUICK if args.quick else FULL)
@@ -356,38 +435,19 @@ def main(args):
     started = time.monotonic()
     print(f"Soak: {sizes['workers']} workers, {sizes['hogs']} CPU hogs, {sizes['minutes']:g} "
           f"minutes of faults, at least {sizes['trials']} trials ...", flush=True)
-    hogs = start_hogs(sizes["hogs"])
     with tempfile.TemporaryDirectory(prefix="hks-soak-") as tmp:
-        work = Path(tmp)
-        (work / "ml_req").mkdir()
-        synthetic_data.write_synthetic_archive(work / "ml_req" / "cifar-100-python.tar.gz",
-                                               400, 100)
-        soak = Soak(work, sizes, rng)
         try:
-            soak.start()
-            fi.wait_for(lambda: soak.finished() >= 1, 300)
-            run_faults(soak, sizes, rng, time.monotonic())
-            del soak.sampler.watch["driver"]  # the watched driver's life ends here
-            outages = outages_ridden(soak)
-            completed = soak.drain(timeout=600)
-            time.sleep(2 * SAMPLE_S)  # the worker's last samples, settled
-            soak.sampler.done.set()
-            figures_ = figures(soak, sizes, completed, outages)
-            soak.stop_workers()
+            figures_, samples = soak_run(Path(tmp), sizes, rng)
         finally:
-            soak.close()
-            for hog in hogs:
-                hog.kill()
-                hog.wait()
             if os.environ.get("HKS_KEEP_FAULTS"):
                 import shutil
-                shutil.copytree(work, os.environ["HKS_KEEP_FAULTS"], dirs_exist_ok=True)
+                shutil.copytree(tmp, os.environ["HKS_KEEP_FAULTS"], dirs_exist_ok=True)
     checks = verdict(figures_, sizes)
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "seconds": round(time.monotonic() - started), "seed": args.seed,
               "soak": figures_, "passed": all(checks.values()),
               "failed_checks": [name for name, ok in checks.items() if not ok],
-              "samples": soak.sampler.samples}
+              "samples": samples}
     print(json.dumps(figures_, indent=2), flush=True)
     if args.out:
         utils.atomic_write(args.out, (json.dumps(report, indent=2) + "\n").encode())

@@ -322,6 +322,46 @@ def test_a_paused_worker_whose_trial_was_taken_away_writes_nothing(
     assert "Traceback" not in worker_log
 
 
+def test_a_result_file_written_before_the_trial_was_taken_away_is_removed(tmp_path):
+    """The heartbeat can find a trial requeued after its objective wrote the
+    result file and before hyperopt stores the result. The worker refuses the
+    result and removes that file too, and the file's kept model: no result
+    file of a trial another worker runs (the soak run found one left behind)."""
+    import types
+    from pathlib import Path
+    from hyperopt import pyll
+    import flags
+    import hyperopt_mongo_worker
+    import kept_models
+    import mongo_objectives
+    import mongo_search
+    import trial_process
+
+    def objective(hype_space, config, earlier=None):
+        result = mongo_objectives.finish(hype_space, config, 0.0)  # writes its file
+        kept_models.model_path(config.results_dir, result["model_name"]).parent.mkdir()
+        kept_models.model_path(config.results_dir, result["model_name"]).write_text("model")
+        trial_process.abandon()  # the heartbeat, a moment later
+        return result
+
+    handle = types.SimpleNamespace(in_trial={"_id": None})
+    ctrl = types.SimpleNamespace(trials=types.SimpleNamespace(handle=handle),
+                                 current_trial={"_id": 7, "tid": 6})
+    settings = flags.TrialSettings(results_dir=str(tmp_path))
+    try:
+        with pytest.raises(mongo_search.TrialTakenAway, match="trial 7 went back"):
+            mongo_search.worker_objective(objective, settings,
+                                          pyll.as_apply({"conv_dropout_drop_proba": 0.5}), {},
+                                          ctrl)
+    finally:
+        trial_process.abandoned.clear()
+    written = Path(handle.last_result_file)
+    assert written.exists() and written.parent == tmp_path
+    hyperopt_mongo_worker.forget_result_file(handle)
+    assert list(tmp_path.rglob("*.json")) == [] and list(tmp_path.rglob("*.keras")) == []
+    assert handle.in_trial["_id"] is None
+
+
 @pytest.fixture
 def own_mongo():
     """(server process, URL) of a test server of this test's own, which the

@@ -156,7 +156,7 @@ def queue_and_follow(search, driver, objective, space, warm_start, seen=None):
 
 def run_experiment(trials, search, driver, objective, space, warm_start, seen):
     """queue_and_follow's work on the opened MongoTrials."""
-    from hyperopt import fmin, tpe
+    from hyperopt import fmin
     from hyperopt.exceptions import AllTrialsFailed
     # hyperopt's trial-id counter, created here so that ids start at 0 (created
     # by its first use, hyperopt warns and skips ahead).
@@ -182,7 +182,7 @@ def run_experiment(trials, search, driver, objective, space, warm_start, seen):
     follow = follow_workers(search, driver, trials, seen)
     try:
         follow(trials)  # on resume, the search may have ended already
-        fmin(on_worker, space, algo=tpe.suggest, trials=trials, max_evals=target,
+        fmin(on_worker, space, algo=looking_first(follow), trials=trials, max_evals=target,
              max_queue_len=driver.queue_len, rstate=rstate, early_stop_fn=follow,
              pass_expr_memo_ctrl=True, show_progressbar=False, return_argmin=False)
     except AllTrialsFailed:
@@ -191,6 +191,20 @@ def run_experiment(trials, search, driver, objective, space, warm_start, seen):
         wait_for_running(trials, driver, follow)
     follow(trials, final=True)
     return trials
+
+
+def looking_first(follow):
+    """TPE's suggest, after a look at the workers (`follow`). hyperopt's fmin
+    calls its early_stop_fn only once the queue is full: while idle workers
+    take each trial the moment it is queued (short trials, or a driver slowed
+    by a busy machine or a large experiment), it would never look, and a dead
+    worker's trial would wait for minutes (the soak run saw up to 7)."""
+    from hyperopt import tpe
+
+    def suggest(new_ids, domain, trials, seed):
+        follow(trials)
+        return tpe.suggest(new_ids, domain, trials, seed)
+    return suggest
 
 
 class DataSetMismatch(Exception):

@@ -389,6 +389,25 @@ def verdict(soak_figures, sizes):
     }
 
 
+def sample_columns(samples):
+    """The samples for the report: per process ("driver 1234"), one list per figure."""
+    columns = {}
+    for sample in samples:
+        mine = columns.setdefault(f"{sample['role']} {sample['pid']}", {})
+        for key, value in sample.items():
+            if key not in ("role", "pid"):
+                mine.setdefault(key, []).append(value)
+    return columns
+
+
+def report_text(report):
+    """The report as JSON, indented, with each process's samples on one line."""
+    head = json.dumps({k: v for k, v in report.items() if k != "samples"}, indent=2)
+    rows = ",\n".join(f"    {json.dumps(name)}: {json.dumps(columns)}"
+                      for name, columns in report["samples"].items())
+    return head[:-2] + ',\n  "samples": {\n' + rows + "\n  }\n}\n"
+
+
 def machine():
     try:
         model = next(line.split(":", 1)[1].strip() for line in
@@ -447,10 +466,10 @@ def main(args):
               "seconds": round(time.monotonic() - started), "seed": args.seed,
               "soak": figures_, "passed": all(checks.values()),
               "failed_checks": [name for name, ok in checks.items() if not ok],
-              "samples": samples}
+              "samples": sample_columns(samples)}
     print(json.dumps(figures_, indent=2), flush=True)
     if args.out:
-        utils.atomic_write(args.out, (json.dumps(report, indent=2) + "\n").encode())
+        utils.atomic_write(args.out, report_text(report).encode())
     print(f"{'PASSED' if report['passed'] else 'FAILED: ' + ', '.join(report['failed_checks'])}"
           f" in {report['seconds']} s")
     return 0 if report["passed"] else 1

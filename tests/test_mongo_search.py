@@ -676,3 +676,47 @@ def test_a_driver_starved_of_cpu_still_requeues_a_dead_workers_trial(mongo_url, 
     jobs.jobs.update_one({"_id": live["_id"]}, {"$set": {"refresh_time": now}})
     follow(trials)
     assert (state(dead), state(live)) == (JOB_STATE_NEW, JOB_STATE_RUNNING)
+
+
+def test_a_driver_whose_queue_never_fills_still_requeues_a_dead_workers_trial(
+        mongo_url, mongo_db, monkeypatch):
+    """hyperopt's fmin looks at the workers (its early_stop_fn) only once its
+    queue is full. While idle workers take every trial the moment it is
+    queued (here hyperopt is told that the queue is always empty), the driver
+    must still requeue a dead worker's trial as it queues, not once --max-evals
+    trials are queued (the soak run saw such trials wait for minutes)."""
+    import threading
+    from hyperopt.mongoexp import MongoTrials
+    import flags
+    import mongo_objectives
+    import mongo_search
+    import mongo_settings
+    import tiny_search
+    real_count = MongoTrials.count_by_state_unsynced
+    monkeypatch.setattr(MongoTrials, "count_by_state_unsynced", lambda self, states: (
+        0 if states == JOB_STATE_NEW else real_count(self, states)))
+    max_evals, jobs, mine = 120, mongo_db.jobs, {"exp_key": "never_full"}
+    search = flags.SearchSettings(max_evals=max_evals, epochs=1, seed=1)
+    driver = mongo_settings.DriverSettings(mongo=mongo_settings.mongo_url(mongo_url),
+                                           exp_key="never_full", stale_after=1.0, queue_len=1)
+    ran = threading.Thread(target=mongo_search.queue_and_follow, daemon=True, args=(
+        search, driver, mongo_objectives.quick, tiny_search.TINY_SPACE, None))
+    ran.start()
+    try:
+        wait_until(lambda: jobs.find_one(mine), 60, "a queued trial")
+        first = jobs.find_one(dict(mine, tid=0))
+        jobs.update_one({"_id": first["_id"]}, {
+            "$set": {"state": JOB_STATE_RUNNING, "owner": "dead-worker:1:x"},
+            "$currentDate": {"refresh_time": True, "book_time": True}})
+        wait_until(lambda: jobs.find_one({"_id": first["_id"]}).get("requeue_count"), 120,
+                   "the dead worker's trial to be requeued")
+        queued_by_then = jobs.count_documents(mine)
+    finally:  # every trial done, so that the driver ends
+        result = mongo_objectives.fake_result({"conv_dropout_drop_proba": 0.5}, 0.0)
+        while ran.is_alive():
+            jobs.update_many(dict(mine, state={"$in": [JOB_STATE_NEW, JOB_STATE_RUNNING]}),
+                             {"$set": {"state": JOB_STATE_DONE, "result": result,
+                                       "owner": "test:1:x"},
+                              "$currentDate": {"refresh_time": True, "book_time": True}})
+            ran.join(0.2)
+    assert queued_by_then < max_evals // 2

@@ -33,6 +33,7 @@ outages, or when fewer faults or trials than asked for happened.
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -73,7 +74,8 @@ SAMPLE_S = 2.0  # seconds between samples of RSS and threads
 # driver holds every trial: about 20 KiB each).
 THREADS_SLACK = 1
 RSS_MIB_PER_OUTAGE = 2.0
-TRIAL_LINE = "Trial "  # utils.progress_line: one per finished trial, driver and workers
+# utils.progress_line: one per finished trial, from the driver and the workers.
+TRIAL_LINE = re.compile(r"^Trial \d+", re.MULTILINE)
 
 
 def environment():
@@ -109,6 +111,10 @@ def log_since(log, offset):
         return ""
 
 
+def trial_lines(said):
+    return len(TRIAL_LINE.findall(said))
+
+
 def log_size(log):
     return log.stat().st_size if log.exists() else 0
 
@@ -118,8 +124,9 @@ class Sampler(threading.Thread):
     worker, each from its first reported trial on, with the trials and the
     MongoDB outages its log shows by then."""
 
-    def __init__(self):
+    def __init__(self, worker_logs):
         super().__init__(daemon=True)
+        self.worker_logs = worker_logs  # their trial lines: the trials finished so far
         self.watch = {}  # role -> (process, its log, the log's size at its start)
         self.samples = []  # {"role", "pid", "at", "rss_mib", "threads", "trials", ...}
         self.done = threading.Event()
@@ -127,10 +134,10 @@ class Sampler(threading.Thread):
     def run(self):
         started = time.monotonic()
         while not self.done.wait(SAMPLE_S):
+            finished = sum(trial_lines(log_since(log, 0)) for log in self.worker_logs)
             for role, (process, log, offset) in list(self.watch.items()):
                 said = log_since(log, offset) if log else ""
-                trials = sum(line.startswith(TRIAL_LINE) for line in said.splitlines())
-                if log and not trials:
+                if log and not trial_lines(said):
                     continue  # not yet: the first sample comes after its first trial
                 try:
                     p = psutil.Process(process.pid)
@@ -142,7 +149,7 @@ class Sampler(threading.Thread):
                 self.samples.append({
                     "role": role, "pid": process.pid, "at": round(time.monotonic() - started, 1),
                     "rss_mib": round(rss, 1), "threads": threads, "cpu_s": round(cpu, 1),
-                    "trials": trials, "outages": outages,
+                    "trials": finished, "outages": outages,
                     "in_outage": outages > said.count("is back after")})
 
     def cpu_share(self, role, pid=None):
@@ -197,7 +204,7 @@ class Soak:
         self.folders = [work / f"w{i + 1}" for i in range(sizes["workers"])]
         self.workers, self.driver = [], None
         self.driver_started_at = 0  # driver.log's size when the watched driver started
-        self.sampler = Sampler()
+        self.sampler = Sampler([folder / "worker.log" for folder in self.folders])
         self.done = {"kill": [], "stop": [], "driver": 0, "freeze": []}
 
     def start_driver(self, max_evals=10**6):

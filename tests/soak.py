@@ -17,12 +17,12 @@ the machine busy. For --minutes, at random moments and one at a time:
     out, so that they ride out an outage.
 The driver restarts come before the freezes, so that the last driver rides
 out every outage. Worker 1 is never touched: it and the driver are sampled
-(RSS, threads) every few seconds, from their first reported trial.
+(RSS, threads, CPU) every 2 s, from their first reported trial.
 
-Once the minutes are up and at least --trials trials finished, the driver is
-interrupted and started a last time with --max-evals at the trials it has
-queued: it waits until every one of them is finished. Then the workers are
-stopped and everything is counted.
+Once the minutes are up and at least 200 trials finished (--quick: 8), the
+driver is interrupted and started a last time with --max-evals at the trials
+it has queued: it waits until every one of them is finished. Then the
+workers are stopped and everything is counted.
 
 Exit 1 when a trial is lost or done twice, when a killed worker's trial waits
 longer than stale_after + 2 x poll interval + 10 s for another worker, when
@@ -298,7 +298,7 @@ class Soak:
 
 def run_faults(soak, sizes, rng, started):
     """The faults at random moments over --minutes, one at a time; then go on
-    until --trials trials finished."""
+    until sizes["trials"] trials finished."""
     plan = fault_plan(sizes, rng)
     window = sizes["minutes"] * 60
     for step, fault in enumerate(plan):

@@ -435,8 +435,14 @@ def main(argv=None):
               "seed": args.seed, "local": local, "mongo": mongo,
               "passed": all(checks.values()),
               "failed_checks": [name for name, ok in checks.items() if not ok]}
-    if args.out:
-        utils.atomic_write(args.out, (json.dumps(report, indent=2) + "\n").encode())
+    return conclude(report, args.out)
+
+
+def conclude(report, out, text=None):
+    """Write `report` (as `text`, default indented JSON) to `out` if given,
+    say PASSED or which checks failed; returns the exit code."""
+    if out:
+        utils.atomic_write(out, (text or json.dumps(report, indent=2) + "\n").encode())
     print(f"{'PASSED' if report['passed'] else 'FAILED: ' + ', '.join(report['failed_checks'])}"
           f" in {report['seconds']} s")
     return 0 if report["passed"] else 1

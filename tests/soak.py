@@ -115,6 +115,13 @@ def trial_lines(said):
     return len(TRIAL_LINE.findall(said))
 
 
+def outages_in(said):
+    """(MongoDB outages a driver's or worker's log shows, whether it is still
+    in one): its "went away" lines, and whether "is back after" lines lag."""
+    went = said.count("went away")
+    return went, went > said.count("is back after")
+
+
 def log_size(log):
     return log.stat().st_size if log.exists() else 0
 
@@ -145,12 +152,12 @@ class Sampler(threading.Thread):
                     cpu = sum(p.cpu_times()[:2])
                 except psutil.Error:
                     continue
-                outages = said.count("went away")
+                outages, in_outage = outages_in(said)
                 self.samples.append({
                     "role": role, "pid": process.pid, "at": round(time.monotonic() - started, 1),
                     "rss_mib": round(rss, 1), "threads": threads, "cpu_s": round(cpu, 1),
                     "trials": finished, "outages": outages,
-                    "in_outage": outages > said.count("is back after")})
+                    "in_outage": in_outage})
 
     def cpu_share(self, role, pid=None):
         """The share of one core a process used over its first and last
@@ -207,12 +214,16 @@ class Soak:
         self.sampler = Sampler([folder / "worker.log" for folder in self.folders])
         self.done = {"kill": [], "stop": [], "driver": 0, "freeze": []}
 
-    def start_driver(self, max_evals=10**6):
+    def start_driver(self):
+        """A driver with no end of trials, the one watched."""
         self.driver_started_at = log_size(self.log)
-        self.driver = fi.start_driver(self.mongo, self.work, self.env, max_evals,
-                                      stale_after=STALE_AFTER, queue_len=self.sizes["workers"])
+        self.launch_driver(max_evals=10**6)
         self.watched_driver = self.driver.pid
         self.sampler.watch["driver"] = (self.driver, self.log, self.driver_started_at)
+
+    def launch_driver(self, max_evals):
+        self.driver = fi.start_driver(self.mongo, self.work, self.env, max_evals,
+                                      stale_after=STALE_AFTER, queue_len=self.sizes["workers"])
 
     def start(self):
         self.start_driver()
@@ -257,8 +268,7 @@ class Soak:
 
     def driver_is_back(self):
         """Whether the driver said MongoDB is back after each time it went away."""
-        said = self.log.read_text(errors="replace")
-        return said.count("went away") <= said.count("is back after")
+        return not outages_in(log_since(self.log, 0))[1]
 
     def drain(self, timeout):
         """Interrupt the driver and start it a last time with --max-evals at
@@ -266,9 +276,7 @@ class Soak:
         last driver completed."""
         self.driver.send_signal(signal.SIGINT)
         self.driver.wait(timeout=60)
-        queued = self.mongo.jobs.count_documents({"exp_key": "faults"})
-        self.driver = fi.start_driver(self.mongo, self.work, self.env, queued,
-                                      stale_after=STALE_AFTER, queue_len=self.sizes["workers"])
+        self.launch_driver(max_evals=self.mongo.jobs.count_documents({"exp_key": "faults"}))
         try:
             return self.driver.wait(timeout=timeout) == 0
         except subprocess.TimeoutExpired:
@@ -313,7 +321,7 @@ def run_faults(soak, sizes, rng, started):
 
 def outages_ridden(soak):
     """How many MongoDB outages the watched driver went through (its log lines)."""
-    return log_since(soak.log, soak.driver_started_at).count("went away")
+    return outages_in(log_since(soak.log, soak.driver_started_at))[0]
 
 
 def counts(soak):
@@ -475,8 +483,4 @@ def main(args):
               "failed_checks": [name for name, ok in checks.items() if not ok],
               "samples": sample_columns(samples)}
     print(json.dumps(figures_, indent=2), flush=True)
-    if args.out:
-        utils.atomic_write(args.out, report_text(report).encode())
-    print(f"{'PASSED' if report['passed'] else 'FAILED: ' + ', '.join(report['failed_checks'])}"
-          f" in {report['seconds']} s")
-    return 0 if report["passed"] else 1
+    return fi.conclude(report, args.out, report_text(report))

@@ -37,7 +37,7 @@ results folder):
 TensorBoard's HParams dashboard (DIR/<model_name>/: its hyperparameters and
 final metrics), and the experiment (the hyperparameters' domains and the
 metrics) in DIR itself: `tensorboard --logdir DIR`, then the HPARAMS tab
-(tensorboard_hparams.py, which the search uses too). A conditional
+(hks/reports/tensorboard_hparams.py, which the search uses too). A conditional
 hyperparameter (one the search space may leave out, or one null in some
 trial) is written as a string there: its value or 'none'.
 
@@ -53,13 +53,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import analysis_plots
-import flags
-import kept_models
-import pruning
-import pruning_replay
-import tensorboard_hparams
-import utils
+from hks.core import console, flags, storage
+from hks.reports import analysis_plots, tensorboard_hparams
+from hks.stopping import pruning, pruning_replay
+from hks.trials import kept_models
 
 # matplotlib and the tensorboard protos are imported by the functions that use
 # them, so that --help, bad flags and a missing folder are answered at once.
@@ -101,10 +98,10 @@ def read_results(results_dir):
     Returns (trials, skipped): trials are dicts with the file's `path`,
     `mtime` and `result`; skipped are (path, reason) of unusable files."""
     trials, skipped = [], []
-    for name in utils.result_files(results_dir):
+    for name in storage.result_files(results_dir):
         path = Path(name)
         try:
-            result = utils.load_json_result(path)
+            result = storage.load_json_result(path)
             mtime = path.stat().st_mtime
         except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
             skipped.append((path, f"not readable JSON ({err})"))
@@ -125,7 +122,7 @@ def result_problem(result):
         return "no 'space' (hyperparameters) in it"
     if not isinstance(result.get("model_name"), str):
         return "no 'model_name' in it"
-    if result.get("status") == "ok" and not utils.is_number(result.get("fine_best_accuracy")):
+    if result.get("status") == "ok" and not storage.is_number(result.get("fine_best_accuracy")):
         return "status 'ok' but no fine_best_accuracy"
     return None
 
@@ -141,7 +138,7 @@ def trial_order(trials):
             group = []
         group.append(trial)
     groups.append(group)
-    return [t for g in groups for t in sorted(g, key=lambda t: (utils.model_id(t["path"].name),
+    return [t for g in groups for t in sorted(g, key=lambda t: (storage.model_id(t["path"].name),
                                                                   t["path"].name))]
 
 
@@ -154,11 +151,11 @@ def trials_frame(trials):
         row = {"trial": number, "file": trial["path"].name, "status": result.get("status"),
                "model_name": result.get("model_name"), "pruned": bool(result.get("pruned")),
                # results written before --dataset existed are all CIFAR-100's
-               "dataset": utils.data_line(result) if result.get("dataset") else
+               "dataset": console.data_line(result) if result.get("dataset") else
                "cifar100, 100 classes in 20 groups, 32 px"}
         row.update({key: result.get(key) for key in RESULT_COLUMNS})
         if row["epochs"] is None:  # the original's results: the history says
-            row["epochs"] = len(utils.val_fine_curve(result)) or None
+            row["epochs"] = len(storage.val_fine_curve(result)) or None
         row["error"] = str(result.get("error") or "").strip().split("\n")[0] or None
         rows.append(row)
     info = pd.DataFrame(rows, columns=["trial", "file", "status", "model_name", "pruned",
@@ -190,7 +187,7 @@ def encode_hyperparameters(frame, names):
         if present.map(lambda v: isinstance(v, (bool, np.bool_))).all():
             columns[name] = values.map({True: 1.0, False: 0.0}).astype(float)
             labels[name] = ["False", "True"]
-        elif present.map(utils.is_number).all():
+        elif present.map(storage.is_number).all():
             columns[name] = pd.to_numeric(values, errors="coerce").astype(float)
         else:  # strings, or mixed: categories
             text = present.astype(str)
@@ -257,7 +254,7 @@ def epochs_text(row):
 def short_value(value):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return tensorboard_hparams.NONE
-    if utils.is_number(value):
+    if storage.is_number(value):
         return f"{value:.4g}"
     return str(value)
 
@@ -293,7 +290,7 @@ def scatter_data(frame, hparams, ok):
 
 def write_output(path, data):
     try:
-        utils.atomic_write(path, data)
+        storage.atomic_write(path, data)
     except OSError as err:
         raise OutputError(f"cannot write {path}: {err}") from None
 
@@ -472,7 +469,7 @@ def main(argv=None):
     for path, reason in skipped:
         print(f"warning: skipped {path.name}: {reason}", file=sys.stderr)
     if not trials:
-        print(f"No trial results (*{utils.RESULT_SUFFIX}) to analyse in {results_dir}/"
+        print(f"No trial results (*{storage.RESULT_SUFFIX}) to analyse in {results_dir}/"
               + (f" ({len(skipped)} skipped)." if skipped else "."))
         return 0
     try:
@@ -504,7 +501,7 @@ def make_out_dir(folder):
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OutputError(f"cannot use --out-dir {out_dir}: {utils.os_error_text(err)}") from None
+        raise OutputError(f"cannot use --out-dir {out_dir}: {storage.os_error_text(err)}") from None
     return out_dir
 
 

@@ -6,7 +6,7 @@ In one run, on a synthetic data set in the real CIFAR-100 format
 1. training throughput (images/s) of the seed's best and demo hyperspaces
    through this project's training path (neural_net.build_model + fit_model,
    what a trial runs), against the plain Keras reference of
-   reference_model.py: the same architecture, float32 NumPy arrays and
+   hks/bench/reference_model.py: the same architecture, float32 NumPy arrays and
    one-hot labels, fitted the simplest way; and with one head (CIFAR-10 or
    a folder of class folders) against two, for what the second head costs.
    A timed run is one epoch, from its first step to its end (loop_clock).
@@ -22,10 +22,10 @@ In one run, on a synthetic data set in the real CIFAR-100 format
 4. how long TPE takes to suggest a trial with 10, 100 and 1000 finished ones;
 5. memory over consecutive small trials: the search process must stay flat;
 6. a folder of photo-sized image files (--dataset DIR): the time to decode
-   and cache it, and to load it again from the cache (bench_files.py);
+   and cache it, and to load it again from the cache (hks/bench/bench_files.py);
 7. keeping a trial's model (--keep-models): the seconds a save adds to a
    trial and the .keras file's size, and predict.py's images per second
-   (bench_files.py).
+   (hks/bench/bench_files.py).
 
     python3 benchmark.py --quick              # a few minutes on a 2-core CPU
     python3 benchmark.py --out bench.json     # larger; JSON to compare commits
@@ -52,15 +52,11 @@ from pathlib import Path
 
 import numpy as np
 
-import bench_files
-import cifar_archives
-import dataset
-import flags
 import hyperopt_optimize  # the spaces
-import reference_model
-import synthetic_data
-import trial_process
-import utils
+from hks.bench import bench_files, reference_model
+from hks.core import flags, storage
+from hks.data import cifar_archives, dataset, synthetic_data
+from hks.trials import trial_process
 
 # Keras (TensorFlow or JAX: seconds) is imported where it is used, after the
 # flags are checked: a bad flag is refused at once. main() imports neural_net
@@ -181,7 +177,7 @@ def spaces():
 def throughput_variants(args):
     """What to time: per hyperspace and batch size, the project at each
     precision and the reference; the map_fn flip for the first model."""
-    import device
+    from hks.training import device
     precisions = [device.resolve_precision(p) for p in args.precisions]
     variants = []
     for model in args.models:
@@ -217,7 +213,8 @@ def prepare(variant, data, steps):
         if model.count_params() != project_params:
             raise SystemExit(f"benchmark error: the reference {variant.model} model has "
                              f"{model.count_params()} parameters, the project's {project_params}:"
-                             " reference_model.py no longer matches neural_net.build_model()")
+                             " hks/bench/reference_model.py no longer matches"
+                             " neural_net.build_model()")
         x_float = x.astype("float32") / 255.0
         y = [keras.utils.to_categorical(fine, 100), keras.utils.to_categorical(coarse, 20)]
         variant.fit = lambda k=n, callbacks=(): model.fit(
@@ -502,9 +499,9 @@ def main(argv=None):
             if Path(args.out).is_dir():
                 raise IsADirectoryError(21, "Is a directory", args.out)
         except OSError as err:
-            print(f"error: --out: {utils.os_error_text(err)}", file=sys.stderr)
+            print(f"error: --out: {storage.os_error_text(err)}", file=sys.stderr)
             return 1
-    import neural_net  # noqa: F401  (Keras: see the imports above)
+    import neural_net  # Keras: see the imports above
     started = time.perf_counter()
     report = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "out"}}
@@ -546,13 +543,14 @@ def main(argv=None):
             report["folder"] = bench_files.run_folder(args.folder_images, work)
         if "models" in args.only:
             print("Keeping a model, predict.py:", flush=True)
-            report["models"] = {name: bench_files.run_model(spaces()[name], work / name)
-                                for name in args.models}
+            report["models"] = {
+                name: bench_files.run_model(neural_net.build_model(spaces()[name]), work / name)
+                for name in args.models}
     report["benchmark_seconds"] = time.perf_counter() - started
     print_report(report)
     print(f"\nBenchmark took {report['benchmark_seconds']:.0f} s.")
     if args.out:
-        utils.atomic_write(args.out, (json.dumps(report, indent=2) + "\n").encode())
+        storage.atomic_write(args.out, (json.dumps(report, indent=2) + "\n").encode())
         print(f"Wrote {args.out}")
     return 0
 

@@ -35,10 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-import dataset
-import flags
-import kept_models
-import utils
+from hks.core import console, flags, storage
+from hks.data import dataset
+from hks.trials import kept_models
 
 # neural_net imports Keras (seconds): imported once the files are known to exist.
 
@@ -70,7 +69,7 @@ def build_parser():
                              "weights/<name>.keras")
     parser.add_argument("--result", metavar="FILE",
                         help="take the hyperspace from this result JSON instead of "
-                             f"<id>{utils.SPACE_SUFFIX} next to the weights")
+                             f"<id>{storage.SPACE_SUFFIX} next to the weights")
     parser.add_argument("--out-dir", default=OUT_DIR, metavar="DIR",
                         help=f"folder for the pictures [default {OUT_DIR}]")
     parser.add_argument("--max-filters", type=flags.argparse_type(flags.positive_int), default=MAX_FILTERS,
@@ -88,7 +87,7 @@ def build_parser():
 
 def read_json(path, what):
     try:
-        return utils.load_json_result(path)
+        return storage.load_json_result(path)
     except OSError as err:
         raise VisualizationError(f"cannot read {what} {path} ({err.strerror or err})") from None
     except ValueError as err:
@@ -105,22 +104,22 @@ def find_hyperspace(weights, result_file):
             raise VisualizationError(f"{result_file} has no 'space': it is not a result "
                                      "file of the search")
         return space, dataset.model_shape(result)
-    stem = weights.name.removesuffix(utils.WEIGHTS_SUFFIX)
-    space_file = weights.with_name(stem + utils.SPACE_SUFFIX)
+    stem = weights.name.removesuffix(storage.WEIGHTS_SUFFIX)
+    space_file = weights.with_name(stem + storage.SPACE_SUFFIX)
     if not space_file.is_file():
         raise VisualizationError(f"no hyperspace next to the weights: {space_file} does "
                                  "not exist; pass --result FILE (the model's result JSON)")
     space = read_json(space_file, "the hyperspace")
     if not isinstance(space, dict):
         raise VisualizationError(f"{space_file} does not hold a hyperspace")
-    data_file = weights.with_name(stem + utils.DATASET_SUFFIX)
+    data_file = weights.with_name(stem + storage.DATASET_SUFFIX)
     info = read_json(data_file, "the data set file") if data_file.is_file() else {}
     return space, dataset.model_shape(info if isinstance(info, dict) else {})
 
 
 def check_weights_path(weights):
-    if not weights.name.endswith(utils.WEIGHTS_SUFFIX):
-        raise VisualizationError(f"{weights}: expected a <id>{utils.WEIGHTS_SUFFIX} file as "
+    if not weights.name.endswith(storage.WEIGHTS_SUFFIX):
+        raise VisualizationError(f"{weights}: expected a <id>{storage.WEIGHTS_SUFFIX} file as "
                                  "written by retrain_best_with_tensorboard.py")
     if not weights.is_file():
         raise VisualizationError(f"weights file {weights} does not exist")
@@ -344,11 +343,11 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:
-        print(f"error: cannot write the pictures: {utils.os_error_text(err)}", file=sys.stderr)
+        print(f"error: cannot write the pictures: {storage.os_error_text(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
-        return utils.EXIT_INTERRUPTED
+        return console.EXIT_INTERRUPTED
     return 0
 
 

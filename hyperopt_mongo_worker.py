@@ -33,16 +33,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hyperopt import JOB_STATE_ERROR, JOB_STATE_RUNNING  # noqa: E402
 from hyperopt.mongoexp import MongoWorker, ReserveTimeout  # noqa: E402
 
-import dataset  # noqa: E402
-import flags  # noqa: E402
-import image_folders  # noqa: E402
-import kept_models  # noqa: E402
-import mongo_compat  # noqa: E402
-import mongo_search  # noqa: E402
-import mongo_settings  # noqa: E402
-import pruning  # noqa: E402
-import trial_process  # noqa: E402
-import utils  # noqa: E402
+from hks import moved  # noqa: E402
+from hks.core import console, flags  # noqa: E402
+from hks.data import dataset, image_folders  # noqa: E402
+from hks.mongo import mongo_compat, mongo_curves, mongo_search, mongo_settings  # noqa: E402
+from hks.trials import kept_models, trial_process  # noqa: E402
 
 
 def build_parser():
@@ -193,8 +188,8 @@ def report_last_trial(jobs, host_id, seconds):
     result = dict(job.get("result", {}))
     if result.get("status") != "ok":
         result.setdefault("error", job.get("error"))
-    print(utils.progress_line(result, job["tid"] + 1, seconds,
-                              where=f" ({result.get('model_name')} of {job['exp_key']!r})"),
+    print(console.progress_line(result, job["tid"] + 1, seconds,
+                                where=f" ({result.get('model_name')} of {job['exp_key']!r})"),
           flush=True)
 
 
@@ -271,7 +266,8 @@ def main(argv=None):
     if config.mongo is None:
         parser.error("no MongoDB given: pass --mongo HOST:PORT/DB or set HKS_MONGO or "
                      "MONGO_DB_HOST")
-    signal.signal(signal.SIGTERM, utils.raise_interrupt)
+    signal.signal(signal.SIGTERM, console.raise_interrupt)
+    moved.allow_old_pickles()  # an experiment's objective pickled before the package existed
     machine = machine_settings(config)
     config.workdir = str(Path(config.workdir or os.getcwd()).resolve())
     try:
@@ -292,7 +288,7 @@ def main(argv=None):
     # folders, and where the other trials' learning curves are (for --prune).
     jobs.machine = machine
     jobs.dataset = own
-    jobs.curves = pruning.MongoCurves(config.mongo, config.exp_key)
+    jobs.curves = mongo_curves.MongoCurves(config.mongo, config.exp_key)
     jobs.in_trial = {"_id": None}  # the trial training now (mongo_search.worker_objective)
     # hyperopt writes each trial's result with jobs.update: one that finds
     # MongoDB away waits for it, so a trial trained through an outage is kept.
@@ -315,7 +311,7 @@ def main(argv=None):
         return 1
     except KeyboardInterrupt:
         print(f"\nInterrupted{interrupted_trial(jobs.jobs, host_id)}.", file=sys.stderr)
-        return utils.EXIT_INTERRUPTED
+        return console.EXIT_INTERRUPTED
     finally:
         stop.set()
 

@@ -3,12 +3,12 @@ hyperopt's TPE (or of the same CNN on CIFAR-10, a folder of your own images
 or a synthetic set: --dataset).
 
 Every trial trains one model (neural_net.build_and_train, in a process of its
-own: trial_process.py), writes its result to results/<model_name>.txt.json,
+own: hks/trials/trial_process.py), writes its result to results/<model_name>.txt.json,
 and hyperopt's Trials are pickled to results.pkl after every trial,
 atomically, so that running the same command again resumes the search. Runs
 until interrupted, or until --max-evals trials exist.
 
-With --mongo (or MONGO_DB_HOST) this process trains nothing: mongo_search.py
+With --mongo (or MONGO_DB_HOST) this process trains nothing: hks/mongo/mongo_search.py
 queues the trials in MongoDB for hyperopt_mongo_worker.py processes on any
 number of machines, puts back in the queue the trials of workers that died,
 and prints each result as it arrives. Running the same command again resumes
@@ -28,17 +28,13 @@ import numpy as np
 from hyperopt import JOB_STATE_DONE, Trials, fmin, hp, tpe
 from hyperopt.exceptions import AllTrialsFailed
 
-import dataset
-import flags
-import image_folders
-import kept_models
-import mongo_search
-import mongo_settings
-import pruning
-import tensorboard_hparams
-import trial_process
-import utils
-import warm_start
+from hks import moved
+from hks.core import console, flags, storage
+from hks.data import dataset, image_folders
+from hks.mongo import mongo_search, mongo_settings
+from hks.reports import tensorboard_hparams
+from hks.stopping import pruning
+from hks.trials import kept_models, trial_process, warm_start
 
 # neural_net imports Keras and TensorFlow, which take seconds: functions
 # import it when needed, so --help and bad flags are answered at once.
@@ -131,13 +127,13 @@ def optimize_cnn(hype_space, config, earlier=None):
     if "dataset" not in result:  # a trial that failed before it had its data
         result.update(dataset.identity_keys(config))
     try:
-        utils.save_json_result(result, config.results_dir)
+        storage.save_json_result(result, config.results_dir)
     except OSError as err:
         print(f"warning: could not write the result of {result['model_name']} to "
               f"{config.results_dir}/ ({err}); it is still kept with the search's trials "
               "(--trials-file, or MongoDB).")
     if config.tensorboard and result.get("status") == "ok":
-        tensorboard_hparams.log_trial(result, utils.TENSORBOARD_DIR, config.results_dir,
+        tensorboard_hparams.log_trial(result, storage.TENSORBOARD_DIR, config.results_dir,
                                       tensorboard_hparams.conditional_hparams(space))
     return result
 
@@ -152,6 +148,7 @@ def load_trials(path):
     if Path(path).is_dir():
         raise SearchError(f"--trials-file {path} is a folder; give the file to keep the "
                           "search in (default results.pkl)")
+    moved.allow_old_pickles()  # a file pickled before the package existed
     try:
         with open(path, "rb") as f:
             trials = pickle.load(f)
@@ -172,9 +169,9 @@ def run_search(config, trials=None):
     if not Path(config.trials_file).exists():
         # Saved before the first trial: its time tells take_back which result
         # files a search stopped before it saved them.
-        utils.atomic_pickle(trials, config.trials_file)
+        storage.atomic_pickle(trials, config.trials_file)
     if trials.trials:
-        best = utils.best_trial(trials)
+        best = storage.best_trial(trials)
         print(f"Resuming the search: {len(trials.trials)} trials in {config.trials_file}"
               + (f", best fine accuracy {best[1]['fine_best_accuracy']:.4f}." if best else "."))
     settings = flags.subset(flags.TrialSettings, config)
@@ -203,11 +200,11 @@ def run_search(config, trials=None):
                 raise
             if len(trials.trials) == done:
                 raise SearchError("hyperopt did not run a trial; is the trials file complete?")
-            utils.atomic_pickle(trials, config.trials_file)
-            best = utils.best_trial(trials)
-            print(utils.progress_line(trials.trials[-1]["result"], done + 1,
-                                      time.perf_counter() - started, of=of,
-                                      best=best or False), flush=True)
+            storage.atomic_pickle(trials, config.trials_file)
+            best = storage.best_trial(trials)
+            print(console.progress_line(trials.trials[-1]["result"], done + 1,
+                                        time.perf_counter() - started, of=of,
+                                        best=best or False), flush=True)
             if config.plots and best and best[0] == done:
                 plot_models(config, demo=False)  # model_best.png follows the best trial
     finally:
@@ -241,7 +238,7 @@ def check_data_set(trials, info, path):
             f"data set of those trials (--dataset, --image-size).")
     if recorded is None or tuple(recorded) != current:
         trials.attachments[DATA_SET_KEY] = list(current)
-        utils.atomic_pickle(trials, path)
+        storage.atomic_pickle(trials, path)
 
 
 def save_finished_trials(trials, done, path):
@@ -250,7 +247,7 @@ def save_finished_trials(trials, done, path):
                                  if t["state"] == JOB_STATE_DONE]
     trials.refresh()
     if len(trials.trials) > done:
-        utils.atomic_pickle(trials, path)
+        storage.atomic_pickle(trials, path)
 
 
 # ------------------------------------------------------ model plots ----
@@ -263,11 +260,11 @@ def plot_models(config, demo=True):
     best) with keras.utils.plot_model; warn once if graphviz/pydot is missing."""
     global _plots_unavailable
     import neural_net  # first: it quiets TensorFlow's start-up
-    import device
+    from hks.training import device
     import keras
     if not config.in_process:
         device.keep_off_the_gpu()  # the trial processes need all of it
-    best = utils.load_best_hyperspace(config.results_dir) or SPACE_BEST_ORIGINAL
+    best = storage.load_best_hyperspace(config.results_dir) or SPACE_BEST_ORIGINAL
     plots = [(DEMO_PLOT, SPACE_DEMO)] if demo else []
     shape = dataset.model_shape(dataset.identity_keys(config))
     for path, hype_space in plots + [(BEST_PLOT, best)]:
@@ -300,7 +297,7 @@ def main(argv=None):
     _, (config, driver) = flags.parse_or_exit(
         build_parser(), [flags.SearchSettings, mongo_settings.DriverSettings], argv)
     config = with_absolute_folder(config)
-    signal.signal(signal.SIGTERM, utils.raise_interrupt)
+    signal.signal(signal.SIGTERM, console.raise_interrupt)
     if driver.mongo:  # no data set, no training here
         return mongo_search.run_driver(config, driver, optimize_cnn, space,
                                        functools.partial(warm_start.warm_start, space=space))
@@ -309,7 +306,7 @@ def main(argv=None):
             image_folders.scan_folder(Path(config.dataset))
         trials = prepare_trials(config)
     except (SearchError, OSError, dataset.DatasetError) as err:
-        print(f"error: {utils.os_error_text(err)}", file=sys.stderr)
+        print(f"error: {storage.os_error_text(err)}", file=sys.stderr)
         return 1
     try:
         dataset.training_data(config)  # a missing data set stops us here, once
@@ -322,9 +319,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"\nInterrupted. Finished trials are saved in {config.trials_file} and "
               f"{config.results_dir}/; run the same command again to resume.", file=sys.stderr)
-        return utils.EXIT_INTERRUPTED
+        return console.EXIT_INTERRUPTED
     except (SearchError, dataset.DatasetError, OSError) as err:
-        print(f"error: {utils.os_error_text(err)}", file=sys.stderr)
+        print(f"error: {storage.os_error_text(err)}", file=sys.stderr)
         return 1
     results = [t["result"] for t in trials.trials]
     print(f"Done: {len(results)} trials in {config.trials_file}; results in "
@@ -349,16 +346,16 @@ def prepare_trials(config):
     if taken:
         print(f"Took back {taken} trials whose result file was written after "
               f"{config.trials_file} was last saved (the search stopped between the two).")
-        utils.atomic_pickle(trials, config.trials_file)
+        storage.atomic_pickle(trials, config.trials_file)
     if config.warm_start:
         added = warm_start.warm_start(trials, config.warm_start, space)
         print(f"Warm start: added {added} trials from {config.warm_start}/ "
               f"({len(trials.trials)} in the search).")
         if added:
-            utils.atomic_pickle(trials, config.trials_file)
-    elif not trials.trials and utils.result_files(config.results_dir):
+            storage.atomic_pickle(trials, config.trials_file)
+    elif not trials.trials and storage.result_files(config.results_dir):
         print(f"note: {config.trials_file} does not exist but {config.results_dir}/ "
-              f"holds {len(utils.result_files(config.results_dir))} result files; to let "
+              f"holds {len(storage.result_files(config.results_dir))} result files; to let "
               f"TPE start from them, run again with --warm-start {config.results_dir}")
     return trials
 

@@ -6,7 +6,7 @@ default), only the fine head for one level (CIFAR-10, a folder of class
 folders). `build_and_train(hype_space)` trains it on the data set that
 --dataset / HKS_DATASET names and returns `(model, model_name, result)`. Only
 Keras 3 APIs are used, so `KERAS_BACKEND=jax` runs the same code. The data
-comes from dataset.py (`neural_net.load_cifar100` is the same function, for
+comes from hks/data/dataset.py (`neural_net.load_cifar100` is the same function, for
 older scripts).
 """
 
@@ -20,15 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-import dataset
-import device  # first: it opens TensorFlow's devices with their start-up lines hidden
-import flags
-import pruning
-import training_callbacks
-import utils
-from dataset import DatasetError, load_cifar100  # noqa: F401  (kept here for older scripts)
+from hks.core import console, flags, storage
+from hks.data import dataset
+from hks.data.dataset import DatasetError, load_cifar100  # noqa: F401  (for older scripts)
+from hks.stopping import pruning
+# device first: it opens TensorFlow's devices with their start-up lines hidden.
+from hks.training import device, training_callbacks
 
-with utils.startup_noise_filtered():  # TensorFlow's C++ start-up lines, on every import
+with console.startup_noise_filtered():  # TensorFlow's C++ start-up lines, on every import
     import keras
     from keras import layers
 
@@ -268,7 +267,7 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
     callbacks = [keras.callbacks.TerminateOnNaN(), first_step]
     if stop_when is not None:
         callbacks.append(training_callbacks.StopWhen(stop_when))
-    log_dir = Path(utils.TENSORBOARD_DIR) / uid
+    log_dir = Path(storage.TENSORBOARD_DIR) / uid
     if log_for_tensorboard or config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir),
                                                      histogram_freq=histogram_freq))
@@ -281,7 +280,7 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
     if rule is not None and earlier is not None:
         stopping = training_callbacks.PruningCallback(rule, earlier, config.epochs)
         callbacks.append(stopping)
-    weights_path = Path(utils.WEIGHTS_DIR) / f"{uid}{utils.WEIGHTS_SUFFIX}"
+    weights_path = Path(storage.WEIGHTS_DIR) / f"{uid}{storage.WEIGHTS_SUFFIX}"
     if save_best_weights:
         weights_path.parent.mkdir(exist_ok=True)
         callbacks.append(keras.callbacks.ModelCheckpoint(
@@ -338,7 +337,7 @@ def make_result(history, hype_space, uid, seconds, model, n_train, n_val):
     finite = all(np.isfinite(v) for values in history.values() for v in values)
     result = {
         "status": "ok" if finite else "fail",
-        "model_name": utils.model_name_for(max(fine_acc) if finite else 0.0, uid),
+        "model_name": storage.model_name_for(max(fine_acc) if finite else 0.0, uid),
         "space": dict(hype_space),
         "history": history,
         "epochs": len(history["loss"]),
@@ -350,9 +349,9 @@ def make_result(history, hype_space, uid, seconds, model, n_train, n_val):
         "validation_images": n_val,
     }
     if not finite:
-        result["model_name"] = f"{utils.FAILED_PREFIX}{uid}"
+        result["model_name"] = f"{storage.FAILED_PREFIX}{uid}"
         result["error"] = f"the loss became NaN or infinite by epoch {len(history['loss'])}"
-        return utils.to_plain(result)
+        return storage.to_plain(result)
     for head in ("fine", "coarse"):
         accuracy = history.get(f"val_{head}_outputs_accuracy")
         # With one head its loss is the model's: there is no other.
@@ -364,14 +363,14 @@ def make_result(history, hype_space, uid, seconds, model, n_train, n_val):
                        f"{head}_end_loss": loss[-1] if loss else None})
     result["loss"] = 0.0 - max(fine_acc)  # hyperopt minimises (0.0 - x: never "-0.0")
     result["real_loss"] = min(history["val_loss"])
-    return utils.to_plain(result)
+    return storage.to_plain(result)
 
 
 def failure_result(hype_space, error):
     """The result of a trial that raised: status fail, the error and traceback."""
-    return utils.to_plain({
+    return storage.to_plain({
         "status": "fail",
-        "model_name": f"{utils.FAILED_PREFIX}{uuid.uuid4().hex[:5]}",
+        "model_name": f"{storage.FAILED_PREFIX}{uuid.uuid4().hex[:5]}",
         "space": dict(hype_space),
         "error": f"{type(error).__name__}: {error}",
         "traceback": "".join(traceback.format_exception(error)),

@@ -12,18 +12,17 @@ resized whole to the model's size.
 """
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-import flags
-import image_folders
-import kept_models
-import utils
-from data_types import DatasetError
+from hks.core import flags, storage
+from hks.data import image_folders
+from hks.data.data_types import DatasetError
+from hks.trials import kept_models
 
-BATCH_SIZE = 256
+BATCH_SIZE = kept_models.PREDICT_BATCH
+predict = kept_models.predict  # run a model on images in batches (benchmark.py times it too)
 TOP = 3  # classes shown per head
 SHOWN_ROWS = 20  # rows of the printed table; the CSV has every image
 CSV_NAME = "predictions.csv"
@@ -81,7 +80,7 @@ def checked_info(path, info):
     """The model's JSON, with the keys predict.py needs in the right shape."""
     names = info.get("class_names")
     groups = info.get("group_names")
-    if (not isinstance(names, list) or not names or not utils.is_number(info.get("image_size"))
+    if (not isinstance(names, list) or not names or not storage.is_number(info.get("image_size"))
             or not (groups is None or isinstance(groups, list))):
         raise PredictError(f"{kept_models.info_path(path)} lacks the class names or the image "
                            "size (class_names, image_size): not a kept model's JSON")
@@ -102,25 +101,6 @@ def heads_of(info):
     if info.get("group_names"):
         heads.append(("coarse", "coarse_outputs", info["group_names"]))
     return heads
-
-
-def predict(model, images, batch_size, names):
-    """{output name: probabilities} of `images`, in batches, with progress on stderr."""
-    outputs = {name: [] for name in names}
-    started, done = time.perf_counter(), 0
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        got = model.predict_on_batch(batch)
-        if not isinstance(got, dict):
-            got = dict(zip(model.output_names, got if isinstance(got, (list, tuple)) else [got]))
-        for name in names:
-            outputs[name].append(np.asarray(got[name], dtype=float))
-        done += len(batch)
-        if len(images) > batch_size:
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            print(f"  {done}/{len(images)} images ({rate:.0f} images/s)", file=sys.stderr,
-                  flush=True)
-    return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
 
 # ---------------------------------------------------------- the images ----
@@ -254,7 +234,7 @@ def evaluate(model, info, args, out):
     png = confusion_matrix_png(matrix[np.ix_(present, present)],
                                [info["class_names"][i] for i in present])
     out.parent.mkdir(parents=True, exist_ok=True)
-    utils.atomic_write(out.with_name(CONFUSION_PNG), png)
+    storage.atomic_write(out.with_name(CONFUSION_PNG), png)
     write_csv(predictions_frame(kept, outputs, info), out)
     print(f"Wrote {out} and {out.with_name(CONFUSION_PNG)}.")
 
@@ -285,7 +265,7 @@ def confusion_matrix_png(matrix, names):
 
 def write_csv(frame, out):
     out.parent.mkdir(parents=True, exist_ok=True)
-    utils.atomic_write(out, frame.to_csv(index=False))
+    storage.atomic_write(out, frame.to_csv(index=False))
 
 
 # --------------------------------------------------------------- main ----
@@ -327,7 +307,7 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        print(f"error: {utils.os_error_text(err)}", file=sys.stderr)
+        print(f"error: {storage.os_error_text(err)}", file=sys.stderr)
         return 2
 
 

@@ -33,10 +33,9 @@ import signal
 import sys
 from pathlib import Path
 
-import dataset
-import flags
-import kept_models
-import utils
+from hks.core import console, flags, storage
+from hks.data import dataset
+from hks.trials import kept_models
 
 # neural_net imports Keras and TensorFlow (seconds): imported once the inputs
 # are known to be good, so mistakes are answered at once.
@@ -72,7 +71,7 @@ def build_parser():
 def read_result(path):
     """The result JSON at `path`; RetrainError if it is missing or has no space."""
     try:
-        result = utils.load_json_result(path)
+        result = storage.load_json_result(path)
     except OSError as err:
         raise RetrainError(f"cannot read the result file {path} ({err.strerror or err})") from None
     except ValueError as err:
@@ -88,7 +87,7 @@ def choose_hyperspace(args, config):
         result = read_result(args.result)
         return (result["space"], f"{args.result} ({result.get('model_name', 'unnamed')})",
                 result)
-    best = utils.load_best_result(config.results_dir)
+    best = storage.load_best_result(config.results_dir)
     if best is not None:
         return (best["space"], f"the best result in {config.results_dir}/ "
                 f"({best['model_name']})", best)
@@ -134,27 +133,27 @@ def retrain(hype_space, config):
         histogram_freq=HISTOGRAM_FREQ)
     if result["status"] != "ok":
         raise RetrainError(f"training failed: {result.get('error', 'unknown error')}")
-    uid = utils.model_id(model_name)  # build_and_train names the weights after it
-    weights = Path(utils.WEIGHTS_DIR) / f"{uid}{utils.WEIGHTS_SUFFIX}"
+    uid = storage.model_id(model_name)  # build_and_train names the weights after it
+    weights = Path(storage.WEIGHTS_DIR) / f"{uid}{storage.WEIGHTS_SUFFIX}"
     if not weights.is_file():
         raise RetrainError(f"training ended but {weights} was not written")
-    space_file = weights.with_name(f"{uid}{utils.SPACE_SUFFIX}")
-    utils.atomic_write(space_file, json.dumps(utils.to_plain(hype_space), indent=4,
-                                              sort_keys=True) + "\n")
-    utils.atomic_write(weights.with_name(f"{uid}{utils.DATASET_SUFFIX}"),
-                       json.dumps(info, indent=4, sort_keys=True) + "\n")
+    space_file = weights.with_name(f"{uid}{storage.SPACE_SUFFIX}")
+    storage.atomic_write(space_file, json.dumps(storage.to_plain(hype_space), indent=4,
+                                                sort_keys=True) + "\n")
+    storage.atomic_write(weights.with_name(f"{uid}{storage.DATASET_SUFFIX}"),
+                         json.dumps(info, indent=4, sort_keys=True) + "\n")
     # Last, the whole model at its best epoch, as the search keeps them (predict.py reads it).
     model_info = dict(kept_models.model_info(result, config.results_dir), result_file=None,
                       retrained=True)  # its result is printed, not saved
     whole = kept_models.save(model, model_info,
-                             Path(utils.WEIGHTS_DIR) / f"{model_name}{kept_models.MODEL_SUFFIX}")
-    logs = Path(utils.TENSORBOARD_DIR) / model_name
+                             Path(storage.WEIGHTS_DIR) / f"{model_name}{kept_models.MODEL_SUFFIX}")
+    logs = Path(storage.TENSORBOARD_DIR) / model_name
     return result, weights, space_file, logs, whole
 
 
 def report(result, weights, space_file, logs, whole):
     coarse = result.get("coarse_best_accuracy")
-    print(f"\nRetrained {result['model_name']} on {utils.data_line(result)} for "
+    print(f"\nRetrained {result['model_name']} on {console.data_line(result)} for "
           f"{result['epochs']} epochs ({result['training_seconds']:.1f} s): best validation "
           f"fine accuracy {result['fine_best_accuracy']:.4f}"
           + ("" if coarse is None else f", coarse {coarse:.4f}")
@@ -180,20 +179,20 @@ def main(argv=None):
         return 1
     config = result_data_set(config, result, args)
     print(f"Retraining {source} on {config.dataset} for {config.epochs} epochs. Hyperspace:")
-    utils.print_json(hype_space)
+    storage.print_json(hype_space)
     import neural_net
     try:
         report(*retrain(hype_space, config))
     except KeyboardInterrupt:
-        print(f"\nInterrupted. Weights saved so far are in {utils.WEIGHTS_DIR}/.",
+        print(f"\nInterrupted. Weights saved so far are in {storage.WEIGHTS_DIR}/.",
               file=sys.stderr)
-        return utils.EXIT_INTERRUPTED
+        return console.EXIT_INTERRUPTED
     except (RetrainError, neural_net.DatasetError, OSError) as err:
-        print(f"error: {utils.os_error_text(err)}", file=sys.stderr)
+        print(f"error: {storage.os_error_text(err)}", file=sys.stderr)
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, utils.raise_interrupt)
+    signal.signal(signal.SIGTERM, console.raise_interrupt)
     sys.exit(main())

@@ -18,8 +18,8 @@ SUPPORT = ROOT / "tests" / "support"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(SUPPORT))
 
-import flags  # noqa: E402
-import synthetic_data  # noqa: E402
+from hks.core import flags  # noqa: E402
+from hks.data import synthetic_data  # noqa: E402
 
 N_TRAIN, N_TEST = 400, 100
 

@@ -50,9 +50,9 @@ ROOT = HERE.parent
 SUPPORT = HERE / "support"
 sys.path[:0] = [str(ROOT), str(SUPPORT)]
 
-import flags  # noqa: E402
-import synthetic_data  # noqa: E402
-import utils  # noqa: E402
+from hks.core import flags  # noqa: E402
+from hks.core import storage  # noqa: E402
+from hks.data import synthetic_data  # noqa: E402
 
 FULL = {"kills": 20, "max_evals": 24, "worker_kills": 4, "mongo_evals": 16, "reference": True}
 # A random kill lands this many seconds after the search starts: within its
@@ -91,7 +91,7 @@ def descendants(process):
 
 
 def result_names(folder):
-    return {Path(p).name[:-len(utils.RESULT_SUFFIX)] for p in utils.result_files(folder)}
+    return {Path(p).name[:-len(storage.RESULT_SUFFIX)] for p in storage.result_files(folder)}
 
 
 def kill_local_search(folder, command, env, at_result, rng, log):
@@ -277,7 +277,7 @@ def mongo_part(work, sizes, rng):
             pass  # the search did not complete: search_completed says so
         done = mongo.find(state=2)
         tids = [job["tid"] for job in done]
-        files = [p for f in folders for p in utils.result_files(f / "results")]
+        files = [p for f in folders for p in storage.result_files(f / "results")]
         names = {job["result"]["model_name"] for job in done}
         return {
             "max_evals": total,
@@ -287,9 +287,9 @@ def mongo_part(work, sizes, rng):
             "trials_requeued": sum(job.get("requeue_count", 0) for job in mongo.find()),
             "results_counted_twice": len(tids) - len(set(tids)),
             "result_files_of_no_finished_trial": len(
-                [p for p in files if Path(p).name[:-len(utils.RESULT_SUFFIX)] not in names]),
+                [p for p in files if Path(p).name[:-len(storage.RESULT_SUFFIX)] not in names]),
             "finished_trials_without_a_result_file": len(
-                names - {Path(p).name[:-len(utils.RESULT_SUFFIX)] for p in files}),
+                names - {Path(p).name[:-len(storage.RESULT_SUFFIX)] for p in files}),
             "workers_killed": len(takeover),
             # Each worker killed mid-trial is one requeue; any other (the pause) is not.
             "requeued_for_other_reasons": max(
@@ -442,7 +442,7 @@ def conclude(report, out, text=None):
     """Write `report` (as `text`, default indented JSON) to `out` if given,
     say PASSED or which checks failed; returns the exit code."""
     if out:
-        utils.atomic_write(out, (text or json.dumps(report, indent=2) + "\n").encode())
+        storage.atomic_write(out, (text or json.dumps(report, indent=2) + "\n").encode())
     print(f"{'PASSED' if report['passed'] else 'FAILED: ' + ', '.join(report['failed_checks'])}"
           f" in {report['seconds']} s")
     return 0 if report["passed"] else 1

@@ -46,8 +46,8 @@ import numpy as np
 import psutil
 
 import fault_injection as fi
-import synthetic_data
-import utils
+from hks.core import storage
+from hks.data import synthetic_data
 
 # freeze_s: how long MongoDB freezes (seconds, drawn between the two): past
 # 20 s, so that the driver and the workers always ride out an outage. A call
@@ -74,7 +74,7 @@ SAMPLE_S = 2.0  # seconds between samples of RSS and threads
 # driver holds every trial: about 20 KiB each).
 THREADS_SLACK = 1
 RSS_MIB_PER_OUTAGE = 2.0
-# utils.progress_line: one per finished trial, from the driver and the workers.
+# console.progress_line: one per finished trial, from the driver and the workers.
 TRIAL_LINE = re.compile(r"^Trial \d+", re.MULTILINE)
 
 
@@ -330,8 +330,8 @@ def counts(soak):
     done = [job for job in jobs if job["state"] == 2]
     tids = [job["tid"] for job in done]
     names = {job["result"]["model_name"] for job in done}
-    files = [Path(p).name[:-len(utils.RESULT_SUFFIX)]
-             for f in soak.folders for p in utils.result_files(f / "results")]
+    files = [Path(p).name[:-len(storage.RESULT_SUFFIX)]
+             for f in soak.folders for p in storage.result_files(f / "results")]
     return {
         "trials_finished": len(done),
         "trials_lost": sum(job["state"] in (0, 1) for job in jobs),

@@ -19,7 +19,7 @@ import pytest
 
 import analyze_results
 import hyperopt_optimize
-import tensorboard_hparams
+from hks.reports import tensorboard_hparams
 from tensorboard_events import read_events, run_contents
 
 # The conditional hyperparameters of the search space: the original's nulls.

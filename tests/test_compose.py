@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-import flags
-import mongo_settings
+from hks.core import flags
+from hks.mongo import mongo_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "local_infra"
@@ -531,6 +531,8 @@ def ignored(path, patterns):
     ("__pycache__/utils.cpython-311.pyc", True), ("tests/__pycache__/x.pyc", True),
     (".pytest_cache/v/cache", True), ("local_infra/.env", True),
     ("hyperopt_optimize.py", False), ("neural_net.py", False), ("utils.py", False),
+    ("hks/core/flags.py", False), ("hks/mongo/mongo_search.py", False),
+    ("hks/core/__pycache__/flags.cpython-311.pyc", True),
     ("requirements.txt", False), ("requirements-gpu.txt", False),
 ])
 def test_dockerignore_keeps_data_results_and_secrets_out_of_the_image(path, expected):

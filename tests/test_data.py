@@ -12,12 +12,10 @@ import tarfile
 import numpy as np
 import pytest
 
-import cifar_archives
-import dataset
-import flags
 import neural_net
-import synthetic_data
 from conftest import N_TEST, N_TRAIN
+from hks.core import flags
+from hks.data import cifar_archives, dataset, synthetic_data
 
 
 def load(folder, tmp_path, **config):

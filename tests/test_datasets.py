@@ -13,14 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cifar_archives
-import dataset
-import flags
-import image_folders
 import neural_net
-import utils
-import warm_start
 from conftest import TINY_HYPE_SPACE
+from hks.core import console, flags, storage
+from hks.data import cifar_archives, dataset, image_folders
+from hks.trials import warm_start
 from image_sets import CIFAR10_NAMES, write_cifar10_archive, write_folder
 from test_model import BRANCHES
 
@@ -29,7 +26,7 @@ from test_model import BRANCHES
 def fresh_loader():
     """Each test decodes afresh and hears the notices that are said once."""
     dataset.unload()
-    utils._said.clear()
+    console._said.clear()
     yield
     dataset.unload()
     keras.backend.clear_session()
@@ -352,7 +349,7 @@ def check_result(result, name, classes, groups, size=32):
     assert result["dataset"] == name and result["image_size"] == size
     assert result["nb_classes"] == classes and result["nb_groups"] == groups
     assert len(result["class_names"]) == classes
-    saved = json.loads(utils.result_to_json(result))
+    saved = json.loads(storage.result_to_json(result))
     assert saved["class_names"] == result["class_names"]
     if groups is None:
         assert result["group_names"] is None
@@ -373,8 +370,8 @@ def test_a_trial_trains_on_cifar10(tmp_path):
     _, _, result = neural_net.build_and_train(TINY_HYPE_SPACE, config=config)
     check_result(result, "cifar10", 10, None)
     assert result["test_coarse_accuracy"] is None and result["test_fine_accuracy"] >= 0
-    assert "(cifar10, 10 classes, 32 px): fine " in utils.progress_line(result, 1, 1.0)
-    assert "coarse" not in utils.progress_line(result, 1, 1.0)
+    assert "(cifar10, 10 classes, 32 px): fine " in console.progress_line(result, 1, 1.0)
+    assert "coarse" not in console.progress_line(result, 1, 1.0)
 
 
 def test_a_trial_trains_on_a_one_level_folder_at_48_px(tmp_path):
@@ -389,7 +386,7 @@ def test_a_trial_trains_on_a_two_level_folder(tmp_path):
     _, _, result = neural_net.build_and_train(TINY_HYPE_SPACE, config=settings(root, tmp_path))
     check_result(result, str(root), 3, 2)
     assert result["group_names"] == ["x", "y"]
-    line = utils.progress_line(result, 2, 1.0, of="/5")
+    line = console.progress_line(result, 2, 1.0, of="/5")
     assert line.startswith("Trial 2/5 (images, 3 classes in 2 groups, 32 px): fine ")
 
 
@@ -483,9 +480,9 @@ def test_retrain_and_filters_follow_the_data_set_of_the_result(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     root = folder_with(tmp_path, ["a", "b"], per_class=6)
     result = {"status": "ok", "loss": -0.5, "fine_best_accuracy": 0.5, "space": TINY_HYPE_SPACE,
-              "model_name": utils.model_name_for(0.5, "aaaaa"), "coarse_best_accuracy": None,
+              "model_name": storage.model_name_for(0.5, "aaaaa"), "coarse_best_accuracy": None,
               **dataset.data_info(str(root), 40, ["a", "b"])}
-    utils.save_json_result(result, tmp_path / "results")
+    storage.save_json_result(result, tmp_path / "results")
     assert retrain_best_with_tensorboard.main(
         ["--results-dir", "results", "--epochs", "1", "--cache-dir", "cache"]) == 0
     out = capsys.readouterr().out
@@ -509,10 +506,10 @@ def test_analysis_reads_one_headed_results_and_warns_of_mixed_data_sets(tmp_path
         accuracy = 0.3 + number / 10
         history = {"val_fine_outputs_accuracy": [accuracy / 2, accuracy]}
         info = (dataset.data_info("cifar10", 32, CIFAR10_NAMES) if name == "cifar10" else {})
-        utils.save_json_result({
+        storage.save_json_result({
             "status": "ok", "loss": -accuracy, "fine_best_accuracy": accuracy,
-            "coarse_best_accuracy": coarse, "model_name": utils.model_name_for(accuracy, f"u{number}"),
-            "space": TINY_HYPE_SPACE, "history": history, "epochs": 2, **info}, tmp_path / "r")
+            "coarse_best_accuracy": coarse,
+            "model_name": storage.model_name_for(accuracy, f"u{number}"), "space": TINY_HYPE_SPACE, "history": history, "epochs": 2, **info}, tmp_path / "r")
     assert analyze_results.main(["--results-dir", str(tmp_path / "r"),
                                  "--out-dir", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
@@ -526,7 +523,7 @@ def test_analysis_reads_one_headed_results_and_warns_of_mixed_data_sets(tmp_path
 
 def test_a_trial_that_failed_before_its_data_still_says_its_data_set(tmp_path, monkeypatch):
     import hyperopt_optimize
-    import trial_process
+    from hks.trials import trial_process
     root = folder_with(tmp_path, ["g/a", "h/b"], per_class=2)
     config = settings(root, tmp_path, results_dir=str(tmp_path / "results"), image_size=24)
     failed = {"status": "fail", "model_name": "failed_abcde", "error": "ChildProcessError: died",
@@ -536,5 +533,5 @@ def test_a_trial_that_failed_before_its_data_still_says_its_data_set(tmp_path, m
     assert (result["dataset"], result["image_size"], result["nb_classes"],
             result["nb_groups"]) == (str(root), 24, 2, 2)
     assert json.loads((tmp_path / "results" / "failed_abcde.txt.json").read_text())["nb_groups"] == 2
-    line = utils.progress_line(result, 1, 1.0)
+    line = console.progress_line(result, 1, 1.0)
     assert line.startswith("Trial 1 (images, 2 classes in 2 groups, 24 px): FAILED after 1.0 s")

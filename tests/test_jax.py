@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.slow,
 TRAIN_ONE = """
 import json, sys
 sys.path[:0] = [{root!r}]
-import flags, keras, neural_net, utils
+import keras, neural_net
+from hks.core import flags
 space = json.loads({space!r})
 # One model through batch normalisation, a residual block and elu, with two
 # heads on a two-level folder of images at 40 px, pruned at the first epoch

@@ -15,8 +15,8 @@ import types
 
 import pytest
 
-import kept_models
 from conftest import SUPPORT
+from hks.trials import kept_models
 
 TINY_SEARCH = str(SUPPORT / "tiny_search.py")
 
@@ -129,7 +129,8 @@ x = np.asarray(test[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3
 for path in sys.argv[2:]:
     fine = keras.saving.load_model(path).predict(x, verbose=0)[0]
     print("ACCURACY", path, float(np.mean(fine.argmax(1) == np.asarray(test[b"fine_labels"]))))
-print("OURS", sorted(n for n in ("utils", "neural_net", "kept_models", "flags") if n in sys.modules))
+print("OURS", sorted(n for n in sys.modules
+                    if n in ("utils", "neural_net", "kept_models", "flags") or n.startswith("hks")))
 """
 
 

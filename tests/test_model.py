@@ -9,10 +9,10 @@ import keras
 import numpy as np
 import pytest
 
-import device
 import hyperopt_optimize
 import neural_net
-import utils
+from hks.core import storage
+from hks.training import device
 
 BRANCHES = [
     {"pooling_type": "max"},
@@ -148,7 +148,7 @@ def test_nan_loss_ends_the_trial_as_failed(config, tiny_space):
                                                  config=config)
     assert result["status"] == "fail"
     assert "NaN" in result["error"]
-    assert name.startswith(utils.FAILED_PREFIX)
+    assert name.startswith(storage.FAILED_PREFIX)
     bson.BSON.encode(result)
     json.loads(json.dumps(result, allow_nan=False))
 

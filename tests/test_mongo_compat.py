@@ -12,7 +12,7 @@ import hyperopt.mongoexp
 import pytest
 from bson.errors import InvalidDocument
 
-import mongo_compat
+from hks.mongo import mongo_compat
 
 MONGOEXP_SOURCE = Path(hyperopt.mongoexp.__file__).read_text()
 
@@ -212,7 +212,7 @@ def test_without_the_layer_hyperopt_fails_on_pymongo_4(mongo_url):
 
 
 def hyperopt_url(mongo_url):
-    import mongo_settings
+    from hks.mongo import mongo_settings
     return mongo_settings.mongo_url(mongo_url)
 
 
@@ -222,7 +222,7 @@ def test_tls_options_in_the_address_reach_pymongo(monkeypatch):
     """mongodb://...?tls=true&tlsCAFile=... : hyperopt drops URL options, so
     open_jobs hands them to MongoClient itself."""
     import pymongo
-    import mongo_settings
+    from hks.mongo import mongo_settings
     url = mongo_settings.mongo_url("mongodb://hks:secret@db.example.org:27017/hks?authSource=admin"
                                    "&tls=true&tlsCAFile=/etc/hks/ca.pem"
                                    "&tlsAllowInvalidHostnames=false")
@@ -247,7 +247,7 @@ def test_tls_options_in_the_address_reach_pymongo(monkeypatch):
 
 
 def test_options_pymongo_is_not_given_are_refused():
-    import mongo_settings
+    from hks.mongo import mongo_settings
     for address, why in [("h/db?tls=maybe", "tls must be true or false"),
                          ("h/db?replicaSet=rs0", "unsupported option(s) replicaSet")]:
         with pytest.raises(ValueError, match=re.escape(why)):
@@ -255,7 +255,7 @@ def test_options_pymongo_is_not_given_are_refused():
 
 
 def test_a_remote_database_without_a_password_is_named_once():
-    import mongo_settings
+    from hks.mongo import mongo_settings
     notice = mongo_settings.open_database_notice(mongo_settings.mongo_url("db.example.org/hks"))
     assert "without a user name and password: anyone who can reach it can run code" in notice
     for safe in ("127.0.0.1/hks", "localhost/hks", "mongodb://hks:pw@db.example.org/hks"):

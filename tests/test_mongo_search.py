@@ -174,7 +174,7 @@ def test_workers_sharing_a_results_folder_keep_the_best_models_of_the_experiment
     them) train 4 real trials with --keep-models 2: each decides from the
     experiment's finished trials in MongoDB, and the folder ends with the
     models of the 2 best, whichever worker ran them, each loadable."""
-    import kept_models
+    from hks.trials import kept_models
     shared = tmp_path / "shared"
     log = tmp_path / "driver.log"
     driver = start_driver("perfect_on_first_worker", mongo_url, env, log, "--max-evals", "4",
@@ -330,12 +330,12 @@ def test_a_result_file_written_before_the_trial_was_taken_away_is_removed(tmp_pa
     import types
     from pathlib import Path
     from hyperopt import pyll
-    import flags
+    from hks.core import flags
     import hyperopt_mongo_worker
-    import kept_models
+    from hks.trials import kept_models
     import mongo_objectives
-    import mongo_search
-    import trial_process
+    from hks.mongo import mongo_search
+    from hks.trials import trial_process
 
     def objective(hype_space, config, earlier=None):
         result = mongo_objectives.finish(hype_space, config, 0.0)  # writes its file
@@ -528,9 +528,9 @@ def test_a_slow_worker_cannot_write_over_its_requeued_trial(mongo_url):
     slow and comes back with a result: hyperopt's write must fail, not land."""
     import datetime
 
-    import mongo_compat
-    import mongo_search
-    import mongo_settings
+    from hks.mongo import mongo_compat
+    from hks.mongo import mongo_search
+    from hks.mongo import mongo_settings
     from hyperopt.mongoexp import MongoCtrl, MongoTrials, OperationFailure
 
     jobs = mongo_compat.open_jobs(mongo_settings.mongo_url(mongo_url))
@@ -591,8 +591,8 @@ def test_workers_train_a_folder_data_set_and_refuse_another(tmp_path, mongo_url,
 
 
 def test_a_driver_refuses_an_experiment_of_another_data_set(tmp_path, mongo_db):
-    import flags
-    import mongo_search
+    from hks.core import flags
+    from hks.mongo import mongo_search
     from image_sets import write_folder
     write_folder(tmp_path / "flowers", ["rose", "tulip"], per_class=1)
     folder = flags.SearchSettings(dataset=str(tmp_path / "flowers"))
@@ -610,10 +610,10 @@ def test_the_driver_closes_its_mongodb_client_at_each_outage(mongo_url, monkeypa
     the next one opens its own, so a driver that lives through a flaky
     network does not keep a client, and its monitor threads, per outage."""
     import pymongo.errors
-    import flags
-    import mongo_compat
-    import mongo_search
-    import mongo_settings
+    from hks.core import flags
+    from hks.mongo import mongo_compat
+    from hks.mongo import mongo_search
+    from hks.mongo import mongo_settings
     opened, closed = [], []
     real_open = mongo_compat.open_jobs
 
@@ -649,10 +649,10 @@ def test_a_driver_starved_of_cpu_still_requeues_a_dead_workers_trial(mongo_url, 
     nothing is requeued; when a live worker's heartbeats did (the driver was
     only starved of CPU on a busy machine), the dead worker's trial goes
     back to the queue at once instead of waiting for a steady look."""
-    import flags
-    import mongo_compat
-    import mongo_search
-    import mongo_settings
+    from hks.core import flags
+    from hks.mongo import mongo_compat
+    from hks.mongo import mongo_search
+    from hks.mongo import mongo_settings
     from hyperopt.mongoexp import MongoTrials
     monkeypatch.setattr(mongo_search, "STUCK_S", 1.0)
     jobs = mongo_compat.open_jobs(mongo_settings.mongo_url(mongo_url))
@@ -690,10 +690,10 @@ def test_a_driver_whose_queue_never_fills_still_requeues_a_dead_workers_trial(
     are then all marked done, and --stop-after-no-improvement ends the driver."""
     import threading
     from hyperopt.mongoexp import MongoTrials
-    import flags
+    from hks.core import flags
     import mongo_objectives
-    import mongo_search
-    import mongo_settings
+    from hks.mongo import mongo_search
+    from hks.mongo import mongo_settings
     import tiny_search
     real_count = MongoTrials.count_by_state_unsynced
     monkeypatch.setattr(MongoTrials, "count_by_state_unsynced", lambda self, states: (

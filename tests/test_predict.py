@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import image_folders
-import kept_models
 import predict
 from conftest import ROOT, TINY_HYPE_SPACE
+from hks.data import image_folders
+from hks.trials import kept_models
 from image_sets import write_folder
 
 SIZE = 16
@@ -132,8 +132,8 @@ def test_a_fresh_interpreter_loads_it_with_nothing_of_the_project(one_head, clea
             f"x = np.zeros((2, {SIZE}, {SIZE}, 3), np.uint8); "
             "p = np.asarray(m.predict(x, verbose=0)['fine_outputs']); "
             "print('SUM', round(float(p.sum()), 3)); "
-            "print('OURS', sorted(n for n in ('utils', 'neural_net', 'kept_models', 'flags') "
-            "if n in sys.modules))")
+            "print('OURS', sorted(n for n in sys.modules if n.startswith('hks') "
+            "or n in ('utils', 'neural_net', 'kept_models', 'flags')))")
     done = subprocess.run([sys.executable, "-c", code], cwd=path.parent, env=clean_env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

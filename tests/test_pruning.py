@@ -17,12 +17,10 @@ import pandas as pd
 import pytest
 
 import analyze_results
-import flags
 import hyperopt_optimize
-import pruning
-import pruning_replay
-import utils
 from conftest import ROOT, SUPPORT, TINY_HYPE_SPACE
+from hks.core import console, flags, storage
+from hks.stopping import pruning, pruning_replay
 
 NAN = float("nan")
 ORIGINAL_RESULTS = ROOT / "tests" / "fixtures" / "original-results"
@@ -169,7 +167,7 @@ def test_completed_curves_leave_out_pruned_and_failed_trials():
 
 
 def test_the_callback_stops_training_and_says_why():
-    import training_callbacks
+    from hks.training import training_callbacks
     stopping = training_callbacks.MedianStopping(rule(1, 1), [[0.5, 0.6, 0.7]], 3)
     stopping.set_model(types.SimpleNamespace(stop_training=False))
     stopping.on_epoch_end(0, {"val_fine_outputs_accuracy": 0.1})
@@ -182,14 +180,14 @@ def test_the_callback_stops_training_and_says_why():
 
 
 def test_the_callback_runs_any_rule_and_names_it():
-    import training_callbacks
+    from hks.training import training_callbacks
     stopping = training_callbacks.PruningCallback(asha(1, 2), [[0.5, 0.5, 0.5]], 3)
     stopping.set_model(types.SimpleNamespace(stop_training=False))
     stopping.on_epoch_end(0, {"val_fine_outputs_accuracy": 0.4})
     assert stopping.model.stop_training
     assert stopping.result_keys() == {"pruned": True, "pruned_at_epoch": 1,
                                       "pruned_by": "asha", "pruned_below": 0.5}
-    assert "pruned at epoch 1 (asha: below 0.5000)" in utils.progress_line(
+    assert "pruned at epoch 1 (asha: below 0.5000)" in console.progress_line(
         dict(status="ok", fine_best_accuracy=0.4, **stopping.result_keys()), 1, 2.0)
 
 
@@ -197,7 +195,7 @@ def test_a_failed_read_keeps_the_curves_read_before_and_reads_less_often():
     """A MongoDB worker's trial whose later reads fail (None) keeps the
     curves it read first, so it is still pruned; each failed read doubles
     the epochs until the next one (a read that fails costs MongoDB's timeout)."""
-    import training_callbacks
+    from hks.training import training_callbacks
     reads = []
 
     def source():
@@ -216,7 +214,8 @@ def test_a_failed_read_keeps_the_curves_read_before_and_reads_less_often():
 
 def test_an_unreachable_mongodb_gives_no_curves_rather_than_an_error():
     from conftest import free_port
-    curves = pruning.MongoCurves(f"mongo://127.0.0.1:{free_port()}/db/jobs", "exp")
+    from hks.mongo import mongo_curves
+    curves = mongo_curves.MongoCurves(f"mongo://127.0.0.1:{free_port()}/db/jobs", "exp")
     assert curves() is None
 
 
@@ -260,10 +259,10 @@ def perfect_results(folder, epochs):
     any real trial on the tiny archive is below their median."""
     for uid in ("aaaa1", "aaaa2"):
         curve = [0.9, 0.95, 0.99][:epochs]
-        utils.save_json_result({
+        storage.save_json_result({
             "status": "ok", "loss": -max(curve), "fine_best_accuracy": max(curve),
             "coarse_best_accuracy": max(curve), "space": TINY_HYPE_SPACE,
-            "model_name": utils.model_name_for(max(curve), uid),
+            "model_name": storage.model_name_for(max(curve), uid),
             "history": {"val_fine_outputs_accuracy": curve}}, folder)
 
 
@@ -355,20 +354,20 @@ def analysed_result(uid, curve, pruned):
         if pruned else {"pruned": False}
     return dict({"status": "ok", "loss": -max(curve), "fine_best_accuracy": max(curve),
                  "coarse_best_accuracy": max(curve), "epochs": len(curve),
-                 "space": TINY_HYPE_SPACE, "model_name": utils.model_name_for(max(curve), uid),
+                 "space": TINY_HYPE_SPACE, "model_name": storage.model_name_for(max(curve), uid),
                  "history": {"val_fine_outputs_accuracy": curve}}, **extra)
 
 
 def test_the_analysis_marks_pruned_trials(tmp_path, capsys):
     for uid, curve, pruned in [("aaaa1", [0.3, 0.5, 0.6], False), ("aaaa2", [0.4, 0.6, 0.7], False),
                                ("aaaa3", [0.1, 0.2], True)]:
-        utils.save_json_result(analysed_result(uid, curve, pruned), tmp_path)
+        storage.save_json_result(analysed_result(uid, curve, pruned), tmp_path)
     assert analyze_results.main(["--results-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"0\.2000 .* 2 pruned", out) and "(3 successful, 1 of them pruned, 0 failed)" in out
     frame = pd.read_csv(tmp_path / analyze_results.CSV_NAME)
     by_name = frame.set_index("model_name")
-    pruned_row = by_name.loc[utils.model_name_for(0.2, "aaaa3")]
+    pruned_row = by_name.loc[storage.model_name_for(0.2, "aaaa3")]
     assert bool(pruned_row["pruned"]) and pruned_row["pruned_at_epoch"] == 2
     assert frame["pruned"].sum() == 1 and frame["pruned_at_epoch"].isna().sum() == 2
     for png in (analyze_results.HISTORY_PNG, analyze_results.CURVES_PNG):
@@ -453,7 +452,7 @@ def test_the_replay_follows_the_flags_and_needs_two_complete_curves(tmp_path, ca
     assert figures["searches"] == 20
     assert figures["best_kept_fraction"] < 1  # so eager that it loses the best at times
     one = tmp_path / "one"
-    utils.save_json_result(analysed_result("aaaa1", [0.1, 0.2], False), one)
+    storage.save_json_result(analysed_result("aaaa1", [0.1, 0.2], False), one)
     assert analyze_results.main(["--results-dir", str(one), "--replay-pruning"]) == 0
     assert "Cannot replay pruning: 1 complete learning curve" in capsys.readouterr().out
 
@@ -491,7 +490,7 @@ def test_the_drivers_finish_order_puts_warm_started_trials_first():
     """Over MongoDB, warm-started trials have no refresh_time: they came
     before every trial the workers ran, for --stop-after-no-improvement."""
     import datetime
-    import mongo_search
+    from hks.mongo import mongo_search
     start = datetime.datetime(2026, 12, 1)
 
     def job(tid, seconds, loss):

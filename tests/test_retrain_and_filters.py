@@ -12,9 +12,8 @@ import sys
 import pytest
 
 import retrain_best_with_tensorboard as retrain_script
-import flags
-import utils
 from conftest import ROOT, TINY_HYPE_SPACE
+from hks.core import flags, storage
 
 RETRAIN = str(ROOT / "retrain_best_with_tensorboard.py")
 FILTERS = str(ROOT / "conv_filters_visualization.py")
@@ -33,8 +32,8 @@ def run(script, args, env, cwd, timeout=300):
 
 def write_result(folder, accuracy, uid, space):
     result = {"status": "ok", "loss": -accuracy, "fine_best_accuracy": accuracy,
-              "model_name": utils.model_name_for(accuracy, uid), "space": space}
-    return utils.save_json_result(result, folder)
+              "model_name": storage.model_name_for(accuracy, uid), "space": space}
+    return storage.save_json_result(result, folder)
 
 
 def event_tags(folder):

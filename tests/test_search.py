@@ -16,12 +16,12 @@ import keras
 import psutil
 import pytest
 
-import dataset
 import hyperopt_optimize
 import neural_net
-import trial_process
-import utils
 from conftest import ROOT, SUPPORT, hear_ctrl_c
+from hks.core import console
+from hks.data import dataset
+from hks.trials import trial_process
 
 TINY_SEARCH = str(SUPPORT / "tiny_search.py")
 SCRIPT = str(ROOT / "hyperopt_optimize.py")
@@ -105,7 +105,7 @@ def test_memory_of_the_search_process_stays_flat(config, tiny_search_space, monk
         rss.append(process.memory_info().rss / 2**20)
         return result
 
-    monkeypatch.setattr(utils, "_said", set())  # nothing said yet in this process
+    monkeypatch.setattr(console, "_said", set())  # nothing said yet in this process
     started = []
     start = trial_process.start
     monkeypatch.setattr(trial_process, "start", lambda: started.append(1) or start())
@@ -144,7 +144,7 @@ def test_a_trial_process_hears_ctrl_c_only_once_it_is_set_up(capfd):
     os.kill(trial.process.pid, signal.SIGINT)  # set up: it listens now
     trial.process.join(60)
     trial.close()
-    assert trial.process.exitcode == utils.EXIT_INTERRUPTED
+    assert trial.process.exitcode == console.EXIT_INTERRUPTED
     assert "Traceback" not in capfd.readouterr().err
 
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import flags
-import mongo_settings
-import utils
+from hks.core import console, flags, storage
+from hks.mongo import mongo_settings
 
 ORIGINAL_RESULTS = Path(__file__).parent / "fixtures" / "original-results"
 
@@ -115,8 +114,8 @@ def test_mongo_address_from_the_originals_variables():
 
 def test_atomic_write_replaces_whole_files(tmp_path):
     target = tmp_path / "results.pkl"
-    utils.atomic_write(target, b"old")
-    utils.atomic_write(target, b"new")
+    storage.atomic_write(target, b"old")
+    storage.atomic_write(target, b"new")
     assert target.read_bytes() == b"new"
     assert os.listdir(tmp_path) == ["results.pkl"]
     assert target.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
@@ -124,35 +123,35 @@ def test_atomic_write_replaces_whole_files(tmp_path):
 
 def test_atomic_write_interrupted_mid_write_keeps_the_old_file(tmp_path, monkeypatch):
     target = tmp_path / "results.pkl"
-    utils.atomic_pickle({"trials": 3}, target)
+    storage.atomic_pickle({"trials": 3}, target)
 
     def crash(*args):
         raise KeyboardInterrupt
     monkeypatch.setattr(os, "fsync", crash)
     with pytest.raises(KeyboardInterrupt):
-        utils.atomic_pickle({"trials": 4}, target)
+        storage.atomic_pickle({"trials": 4}, target)
     assert pickle.loads(target.read_bytes()) == {"trials": 3}
     assert os.listdir(tmp_path) == ["results.pkl"]  # no temporary file left behind
 
 
 def result(accuracy, uid, status="ok"):
     return {"status": status, "loss": -accuracy, "fine_best_accuracy": accuracy,
-            "model_name": utils.model_name_for(accuracy, uid),
+            "model_name": storage.model_name_for(accuracy, uid),
             "space": {"accuracy_was": accuracy}}
 
 
 def test_result_files_are_named_so_the_best_sorts_last(tmp_path):
     for accuracy, uid in [(0.5, "aaaaa"), (0.05, "bbbbb"), (0.675, "ccccc"), (0.1, "ddddd")]:
-        utils.save_json_result(result(accuracy, uid), tmp_path)
-    utils.save_json_result(dict(result(0.0, "eeeee", "fail"),
-                                model_name=utils.FAILED_PREFIX + "eeeee"), tmp_path)
+        storage.save_json_result(result(accuracy, uid), tmp_path)
+    storage.save_json_result(dict(result(0.0, "eeeee", "fail"),
+                                  model_name=storage.FAILED_PREFIX + "eeeee"), tmp_path)
     names = sorted(os.listdir(tmp_path))
     assert names[-1] == "model_0.675000_ccccc.txt.json"
-    assert names[0].startswith(utils.FAILED_PREFIX)
+    assert names[0].startswith(storage.FAILED_PREFIX)
     assert [n for n in names if n.startswith("model_")] == [
         "model_0.050000_bbbbb.txt.json", "model_0.100000_ddddd.txt.json",
         "model_0.500000_aaaaa.txt.json", "model_0.675000_ccccc.txt.json"]
-    assert utils.load_best_hyperspace(tmp_path) == {"accuracy_was": 0.675}
+    assert storage.load_best_hyperspace(tmp_path) == {"accuracy_was": 0.675}
     saved = json.loads((tmp_path / names[-1]).read_text())
     assert saved == result(0.675, "ccccc")
 
@@ -160,20 +159,20 @@ def test_result_files_are_named_so_the_best_sorts_last(tmp_path):
 def test_best_hyperspace_of_the_original_search(tmp_path):
     shutil.copytree(ORIGINAL_RESULTS, tmp_path / "results")
     (tmp_path / "results" / "model_truncated.txt.json").write_text('{"loss": -0.9, "sta')
-    best = utils.load_best_result(tmp_path / "results")
+    best = storage.load_best_result(tmp_path / "results")
     assert best["model_name"] == "model_0.676100010872_6066e"
-    space = utils.load_best_hyperspace(tmp_path / "results")
+    space = storage.load_best_hyperspace(tmp_path / "results")
     assert space["pooling_type"] == "avg" and space["batch_size"] == 320.0
 
 
 def test_no_results_means_no_best(tmp_path):
-    assert utils.load_best_hyperspace(tmp_path) is None
+    assert storage.load_best_hyperspace(tmp_path) is None
 
 
 def test_to_plain_turns_numpy_into_python():
     import numpy as np
-    plain = utils.to_plain({"a": np.float32(0.5), "b": [np.int64(3)], "c": np.bool_(True),
-                            "d": float("nan"), "e": (1, 2)})
+    plain = storage.to_plain({"a": np.float32(0.5), "b": [np.int64(3)], "c": np.bool_(True),
+                              "d": float("nan"), "e": (1, 2)})
     assert plain == {"a": 0.5, "b": [3], "c": True, "d": None, "e": [1, 2]}
     assert type(plain["a"]) is float and type(plain["b"][0]) is int
 
@@ -186,8 +185,8 @@ def unset(monkeypatch, *names):
 
 
 def test_startup_noise_filter_keeps_every_other_line(monkeypatch, capfd):
-    unset(monkeypatch, "TF_CPP_MIN_LOG_LEVEL", utils.QUIET_MARK)
-    with utils.startup_noise_filtered():
+    unset(monkeypatch, "TF_CPP_MIN_LOG_LEVEL", console.QUIET_MARK)
+    with console.startup_noise_filtered():
         os.write(2, b"I0000 cudart_stub.cc:31] Could not find cuda drivers on your machine\n"
                     b"E0000 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)\n"
                     b"E0000 something else went wrong\n")
@@ -197,8 +196,8 @@ def test_startup_noise_filter_keeps_every_other_line(monkeypatch, capfd):
 
 def test_a_users_own_tensorflow_log_level_is_left_alone(monkeypatch, capfd):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
-    unset(monkeypatch, utils.QUIET_MARK)
-    with utils.startup_noise_filtered():
+    unset(monkeypatch, console.QUIET_MARK)
+    with console.startup_noise_filtered():
         os.write(2, b"I0000 cudart_stub.cc:31] Could not find cuda drivers\n")
     assert "cudart_stub" in capfd.readouterr().err
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"

@@ -10,8 +10,8 @@ import pytest
 from hyperopt import Trials, space_eval
 
 import hyperopt_optimize
-import utils
-import warm_start
+from hks.core import storage
+from hks.trials import warm_start
 
 ORIGINAL_RESULTS = Path(__file__).parent / "fixtures" / "original-results"
 ORIGINAL_BEST = ORIGINAL_RESULTS / "model_0.676100010872_6066e.txt.json"
@@ -89,7 +89,7 @@ def test_the_command_line_warm_starts_and_suggests_it(config, cifar_dir, monkeyp
     assert "Warm start: added 1 trials" in capsys.readouterr().out
     trials = hyperopt_optimize.load_trials(config.trials_file)
     assert len(trials.trials) == 2 and trials.trials[0]["result"]["loss"] == pytest.approx(-0.6761)
-    assert utils.load_best_result(results)["loss"] == pytest.approx(-0.6761)
+    assert storage.load_best_result(results)["loss"] == pytest.approx(-0.6761)
 
 
 def test_a_result_file_that_results_pkl_missed_is_taken_back_not_trained_again(
@@ -102,7 +102,7 @@ def test_a_result_file_that_results_pkl_missed_is_taken_back_not_trained_again(
     def objective(hype_space, config, earlier=None):
         result = dict(cheap_objective(hype_space, config), model_name=f"model_new{len(trained)}")
         trained.append(result)
-        utils.save_json_result(result, config.results_dir)
+        storage.save_json_result(result, config.results_dir)
         return result
 
     monkeypatch.setattr(hyperopt_optimize, "optimize_cnn", objective)
@@ -116,7 +116,7 @@ def test_a_result_file_that_results_pkl_missed_is_taken_back_not_trained_again(
     saved_at = Path(config.trials_file).stat().st_mtime
     os.utime(older, (saved_at - 60, saved_at - 60))
     unsaved = dict(json.loads(ORIGINAL_BEST.read_text()), model_name="model_0.676100_unsvd")
-    utils.save_json_result(unsaved, results)  # ... and then the search was killed
+    storage.save_json_result(unsaved, results)  # ... and then the search was killed
     capsys.readouterr()
 
     assert hyperopt_optimize.main(argv + ["--max-evals", "2"]) == 0
@@ -140,7 +140,7 @@ def test_more_than_one_unsaved_result_file_is_left_to_warm_start(config, cifar_d
     assert hyperopt_optimize.main(argv) == 0
     for uid in ("other1", "other2"):
         copy = dict(json.loads(ORIGINAL_BEST.read_text()), model_name=f"model_0.5_{uid}")
-        utils.save_json_result(copy, results)
+        storage.save_json_result(copy, results)
     capsys.readouterr()
     assert hyperopt_optimize.main(argv) == 0
     assert "2 result files" in capsys.readouterr().out

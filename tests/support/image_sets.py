@@ -7,8 +7,7 @@ import pickle
 import numpy as np
 from PIL import Image
 
-import cifar_archives
-import synthetic_data
+from hks.data import cifar_archives, synthetic_data
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                  "ship", "truck"]

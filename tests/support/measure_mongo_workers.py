@@ -24,8 +24,8 @@ SUPPORT = Path(__file__).resolve().parent
 ROOT = SUPPORT.parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-import synthetic_data  # noqa: E402
 from conftest import free_port, wait_for_mongo  # noqa: E402
+from hks.data import synthetic_data  # noqa: E402
 
 WORKER_START_SECONDS = 15
 

@@ -27,7 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
-import utils
+from hks.core import storage
 
 
 def fake_result(hype_space, seconds):
@@ -35,13 +35,13 @@ def fake_result(hype_space, seconds):
     uid = uuid.uuid4().hex[:5]
     return {"loss": -accuracy, "status": "ok", "fine_best_accuracy": accuracy,
             "coarse_best_accuracy": accuracy + 0.1, "space": hype_space,
-            "model_name": utils.model_name_for(accuracy, uid), "seconds": seconds}
+            "model_name": storage.model_name_for(accuracy, uid), "seconds": seconds}
 
 
 def finish(hype_space, config, seconds):
     time.sleep(seconds)
     result = fake_result(hype_space, seconds)
-    utils.save_json_result(result, config.results_dir)
+    storage.save_json_result(result, config.results_dir)
     return result
 
 
@@ -68,9 +68,9 @@ def perfect_on_first_worker(hype_space, config, earlier=None):
     if os.environ.get("HKS_TEST_PERFECT") != "1":
         return hyperopt_optimize.optimize_cnn(hype_space, config, earlier)
     result = dict(fake_result(hype_space, 0.0), loss=-1.0, fine_best_accuracy=1.0,
-                  model_name=utils.model_name_for(1.0, uuid.uuid4().hex[:5]),
+                  model_name=storage.model_name_for(1.0, uuid.uuid4().hex[:5]),
                   history={"val_fine_outputs_accuracy": [1.0] * config.epochs})
-    utils.save_json_result(result, config.results_dir)
+    storage.save_json_result(result, config.results_dir)
     return result
 
 

@@ -21,7 +21,7 @@ ROOT = SUPPORT.parents[1]
 
 def pytest_configure(config):
     sys.path.insert(0, str(ROOT))
-    import mongo_compat
+    from hks.mongo import mongo_compat
     mongo_compat.install()
     if shutil.which("mongod") is None:
         os.environ["PATH"] = f"{SUPPORT / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"

@@ -1,4 +1,4 @@
-"""Read back what tensorboard_hparams.py and Keras' TensorBoard callback
+"""Read back what hks/reports/tensorboard_hparams.py and Keras' TensorBoard callback
 wrote: event files, and the hyperparameters and final metrics of one HParams
 run. With the tensorboard package only (no TensorFlow)."""
 

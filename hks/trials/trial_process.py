@@ -24,8 +24,8 @@ import signal
 import sys
 import threading
 
-import dataset
-import utils
+from hks.core import console
+from hks.data import dataset
 
 # neural_net (Keras, TensorFlow: seconds) is imported by the trial process and
 # by train_here, not by whoever merely imports this module.
@@ -83,9 +83,9 @@ def train_here(hype_space, settings, called_at=None, data_notices=True, earlier=
     neural_net.build_and_train). `data_notices`: say the data set's notices
     and where trials train (False in a trial process: its search says them)."""
     import neural_net  # first: it quiets TensorFlow's start-up
-    import device
+    from hks.training import device
     import keras
-    utils.say_once("device", device.device_line(), data_notices)
+    console.say_once("device", device.device_line(), data_notices)
     try:
         model, _, result = neural_net.build_and_train(hype_space, config=settings,
                                                       called_at=called_at,
@@ -108,7 +108,7 @@ def train_here(hype_space, settings, called_at=None, data_notices=True, earlier=
 def keep_model(model, result, settings, earlier):
     """--keep-models: save the model when it is among the best (kept_models);
     a save that fails is a warning, the trial's result stands."""
-    import kept_models
+    from hks.trials import kept_models
     try:
         kept_models.keep_if_among_best(model, result, settings, earlier)
     except Exception as err:  # disk full, a Keras saving error: never fail the trial
@@ -140,7 +140,7 @@ def train_in_child(hype_space, settings, called_at=None, earlier=None):
     except EOFError:  # the child died without answering
         trial.process.join()
         trial.close()
-        if trial.process.exitcode == utils.EXIT_INTERRUPTED:  # Ctrl-C reached it first
+        if trial.process.exitcode == console.EXIT_INTERRUPTED:  # Ctrl-C reached it first
             raise KeyboardInterrupt from None
         return died_result(hype_space, trial.process.exitcode)
     except BaseException:  # Ctrl-C: do not leave processes training or waiting
@@ -229,7 +229,7 @@ def receive_result(results):
         kind, payload = results.recv()
         if kind != "ready":
             return kind, payload
-        utils.say_once("device", payload)
+        console.say_once("device", payload)
 
 
 def child_main(task_receive, result_send, hear_ctrl_c=True):
@@ -241,7 +241,7 @@ def child_main(task_receive, result_send, hear_ctrl_c=True):
         if hear_ctrl_c:  # ignored by start() until now
             signal.signal(signal.SIGINT, signal.default_int_handler)
         import neural_net  # noqa: F401  (Keras and TensorFlow, loaded before the trial)
-        import device
+        from hks.training import device
         result_send.send(("ready", device.device_line()))
         try:
             hype_space, settings, called_at, cwd, earlier = task_receive.recv()
@@ -255,7 +255,7 @@ def child_main(task_receive, result_send, hear_ctrl_c=True):
         except neural_net.DatasetError as err:
             result_send.send(("dataset_error", str(err)))
     except (KeyboardInterrupt, BrokenPipeError):
-        sys.exit(utils.EXIT_INTERRUPTED)  # quietly: the search process reports it
+        sys.exit(console.EXIT_INTERRUPTED)  # quietly: the search process reports it
     finally:
         result_send.close()
         sys.stdout.flush()
@@ -265,4 +265,4 @@ def exit_with_parent():
     """In a trial's process: stop when the search process is gone (kill -9),
     instead of training on for nobody."""
     multiprocessing.connection.wait([multiprocessing.parent_process().sentinel])
-    os._exit(utils.EXIT_INTERRUPTED)
+    os._exit(console.EXIT_INTERRUPTED)

@@ -8,10 +8,9 @@ import time
 
 import numpy as np
 
-import dataset
-import flags
-import kept_models
-import predict
+from hks.core import flags
+from hks.data import dataset
+from hks.trials import kept_models
 
 FOLDER_CLASSES = 10
 FOLDER_SIDES = (160, 480)  # pixels a side of the folder's images, drawn in this range
@@ -55,12 +54,10 @@ def run_folder(n_images, work):
             "decoded_images_per_second": n_images / seconds["decode_and_cache"]}
 
 
-def run_model(hype_space, work):
-    """Seconds to keep the model of `hype_space` (the median of SAVES saves,
+def run_model(model, work):
+    """Seconds to keep `model` (neural_net.build_model's; the median of SAVES saves,
     as a trial does: wrapped for inference, written, fsynced, renamed), its
     file's size, and predict.py's images/s on it (after one warm-up batch)."""
-    import neural_net
-    model = neural_net.build_model(hype_space)
     info = {"model_name": "model_bench", "image_size": dataset.IMAGE_SIZE}
     path = kept_models.model_path(work, "model_bench")
     seconds = []
@@ -71,9 +68,10 @@ def run_model(hype_space, work):
     images = np.random.default_rng(0).integers(
         0, 256, size=(PREDICT_IMAGES, dataset.IMAGE_SIZE, dataset.IMAGE_SIZE, 3), dtype=np.uint8)
     names = ["fine_outputs", "coarse_outputs"]
-    predict.predict(model, images[:predict.BATCH_SIZE], predict.BATCH_SIZE, names)  # warm-up
+    kept_models.predict(model, images[:kept_models.PREDICT_BATCH], kept_models.PREDICT_BATCH,
+                        names)  # warm-up
     started = time.perf_counter()
-    predict.predict(model, images, predict.BATCH_SIZE, names)
+    kept_models.predict(model, images, kept_models.PREDICT_BATCH, names)
     return {"params": int(model.count_params()), "save_seconds": statistics.median(seconds),
             "save_seconds_each": seconds, "file_mb": path.stat().st_size / 2**20,
             "predict_images": PREDICT_IMAGES,

@@ -12,17 +12,19 @@ import json
 import math
 import os
 import socket
+import sys
 import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-import utils
+from hks.core import storage
 
 MODELS_DIR = "models"  # under --results-dir
 MODEL_SUFFIX = ".keras"
 INFO_SUFFIX = ".json"
+PREDICT_BATCH = 256  # images per batch when a kept model predicts
 PARTIAL_MARK = ".partial-"  # .<name>.partial-<host>-<pid>.keras: a save under way
 STALE_PARTIAL_SECONDS = 3600  # another host's partial save this old is a dead one
 INFO_KEYS = ("model_name", "fine_best_accuracy", "coarse_best_accuracy", "test_fine_accuracy",
@@ -65,15 +67,15 @@ def read_info(model_file):
 
 def accuracy_of(info):
     value = info.get("fine_best_accuracy")
-    return float(value) if utils.is_number(value) else -math.inf
+    return float(value) if storage.is_number(value) else -math.inf
 
 
 def model_info(result, results_dir):
     """What travels with a kept model: INFO_KEYS of its result, the result
     file's name, and how to call it."""
     info = {key: result.get(key) for key in INFO_KEYS if key in result}
-    info["result_file"] = utils.result_path(result, results_dir).name
-    curve = utils.val_fine_curve(result)
+    info["result_file"] = storage.result_path(result, results_dir).name
+    curve = storage.val_fine_curve(result)
     if curve and np.isfinite(curve).any():
         info["best_epoch"] = int(np.nanargmax(curve)) + 1  # the weights kept
     heads = ["fine_outputs"] + (["coarse_outputs"] if result.get("nb_groups") else [])
@@ -82,12 +84,7 @@ def model_info(result, results_dir):
     info["outputs"] = {head: "class probabilities, in the order of "
                        + ("class_names" if head == "fine_outputs" else "group_names")
                        for head in heads}
-    return utils.to_plain(info)
-
-
-def best_of_curve(curve):
-    values = np.asarray(curve, dtype=float)
-    return float(np.nanmax(values)) if np.isfinite(values).any() else None
+    return storage.to_plain(info)
 
 
 def earlier_bests(earlier):
@@ -97,8 +94,8 @@ def earlier_bests(earlier):
     trials = earlier() if callable(earlier) else earlier
     if trials is None:
         return None
-    bests = (best_of_curve(getattr(t, "curve", t)) for t in trials)
-    return [b for b in bests if b is not None]
+    bests = (storage.best_of(getattr(t, "curve", t)) for t in trials)
+    return [b for b in bests if b > -math.inf]
 
 
 def keep_if_among_best(model, result, settings, earlier):
@@ -109,7 +106,7 @@ def keep_if_among_best(model, result, settings, earlier):
     kept model's path, or None."""
     keep = settings.keep_models
     mine = result.get("fine_best_accuracy")
-    if not keep or result.get("status") != "ok" or not utils.is_number(mine):
+    if not keep or result.get("status") != "ok" or not storage.is_number(mine):
         return None
     others = earlier_bests(earlier)
     if others is not None and sum(other >= mine for other in others) >= keep:
@@ -126,7 +123,7 @@ def save(model, info, path):
     its .partial- name and is removed by the next save)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(path.parent)
-    utils.atomic_write(info_path(path), json.dumps(info, indent=2) + "\n")
+    storage.atomic_write(info_path(path), json.dumps(info, indent=2) + "\n")
     partial = path.with_name(f".{path.stem}{PARTIAL_MARK}{socket.gethostname()}-{os.getpid()}"
                              f"{MODEL_SUFFIX}")
     try:
@@ -197,7 +194,7 @@ def forget(result_file):
     """Delete the kept model of a result file that is being taken back (a
     MongoDB worker whose result the database refused)."""
     result_file = Path(result_file)
-    name = result_file.name.removesuffix(utils.RESULT_SUFFIX)
+    name = result_file.name.removesuffix(storage.RESULT_SUFFIX)
     path = model_path(result_file.parent, name)
     path.unlink(missing_ok=True)
     info_path(path).unlink(missing_ok=True)
@@ -241,3 +238,22 @@ def workers_summary(keep):
     return (f"The models of the {keep} best trials are kept in the {MODELS_DIR}/ folder of "
             "the results folder of the worker that ran each (with docker-compose, "
             f"results/{MODELS_DIR}/; docs/mongodb.md says how to gather them).")
+
+
+def predict(model, images, batch_size, names):
+    """{output name: probabilities} of `images`, in batches, with progress on stderr."""
+    outputs = {name: [] for name in names}
+    started, done = time.perf_counter(), 0
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        got = model.predict_on_batch(batch)
+        if not isinstance(got, dict):
+            got = dict(zip(model.output_names, got if isinstance(got, (list, tuple)) else [got]))
+        for name in names:
+            outputs[name].append(np.asarray(got[name], dtype=float))
+        done += len(batch)
+        if len(images) > batch_size:
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            print(f"  {done}/{len(images)} images ({rate:.0f} images/s)", file=sys.stderr,
+                  flush=True)
+    return {name: np.concatenate(parts) for name, parts in outputs.items()}

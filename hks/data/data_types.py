@@ -6,7 +6,7 @@ import collections
 import os
 from pathlib import Path
 
-import flags
+from hks.core import flags
 
 IMAGE_SIZE = 32  # CIFAR's, and what the architecture was designed for
 

@@ -11,8 +11,8 @@ import ipaddress
 import re
 import urllib.parse
 
-import flags
-import mongo_compat
+from hks.core import flags
+from hks.mongo import mongo_compat
 
 MONGO_DEFAULT_PORT = 27017
 MONGO_DEFAULT_DB = "hyperopt"

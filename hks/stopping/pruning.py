@@ -20,7 +20,7 @@ are left out on both sides, and a tie goes on. The rules:
 
 One copy of each rule serves all its users: the trials' Keras callback
 (training_callbacks.PruningCallback, fed with the earlier trials by the
-search or, on a MongoDB worker, by `MongoCurves`) and the replays of
+search or, on a MongoDB worker, by hks/mongo/mongo_curves.py) and the replays of
 pruning_replay.py (analyze_results.py --replay-pruning). Nothing here
 imports Keras.
 
@@ -35,9 +35,9 @@ import warnings
 
 import numpy as np
 
-import utils
+from hks.core import storage
 
-REFRESH_EPOCHS = 3  # a MongoDB worker rereads the other trials' curves this often
+REFRESH_EPOCHS = 3  # a MongoDB worker's trial rereads the other trials' curves this often
 
 
 class Earlier(typing.NamedTuple):
@@ -194,7 +194,7 @@ def rule_of(settings):
 def earlier_trials(results):
     """The trials a rule compares with: successful results, each with its
     validation fine accuracy curve and whether a rule stopped it."""
-    return [Earlier(utils.val_fine_curve(r), bool(r.get("pruned"))) for r in results
+    return [Earlier(storage.val_fine_curve(r), bool(r.get("pruned"))) for r in results
             if r.get("status") == "ok"]
 
 
@@ -207,36 +207,6 @@ def trials_curves(trials):
     """earlier_trials of a hyperopt Trials' finished trials."""
     return earlier_trials([t["result"] for t in trials.trials
                            if isinstance(t.get("result"), dict)])
-
-
-@dataclasses.dataclass(frozen=True)
-class MongoCurves:
-    """The earlier trials of an experiment's finished jobs in MongoDB, which
-    a worker's trial reads again every REFRESH_EPOCHS epochs (other workers
-    finish trials meanwhile). Picklable: the trial's own process connects by
-    itself."""
-    url: str  # mongo://[user:password@]host:port/db/jobs, as hyperopt takes it
-    exp_key: str
-
-    def __call__(self):
-        """The trials, or None when MongoDB cannot be read: the trial trains on."""
-        import pymongo.errors
-        from hyperopt import JOB_STATE_DONE
-        import mongo_compat
-        try:
-            jobs = mongo_compat.open_jobs(self.url)
-        except mongo_compat.MongoUnavailable:
-            return None
-        try:
-            docs = jobs.jobs.find({"exp_key": self.exp_key, "state": JOB_STATE_DONE,
-                                   "result.status": "ok"},
-                                  projection=["result.status", "result.pruned"] + [
-                                      f"result.history.{key}" for key in utils.VAL_FINE_KEYS])
-            return earlier_trials([doc["result"] for doc in docs])
-        except pymongo.errors.PyMongoError:
-            return None
-        finally:
-            jobs.conn.close()
 
 
 # ------------------------------------------------- what it did ----
@@ -272,7 +242,7 @@ def trials_without_improvement(results):
     best, since = None, 0
     for result in results:
         loss = result.get("loss") if result.get("status") == "ok" else None
-        if utils.is_number(loss) and (best is None or loss < best):
+        if storage.is_number(loss) and (best is None or loss < best):
             best, since = loss, 0
         else:
             since += 1

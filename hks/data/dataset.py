@@ -25,14 +25,11 @@ import dataclasses
 import os
 from pathlib import Path
 
-import cifar_archives
-import flags
-import image_folders
-import synthetic_data
-import utils
-from cifar_archives import ARCHIVES, NB_CLASSES_COARSE, NB_CLASSES_FINE
+from hks.core import console, flags
+from hks.data import cifar_archives, image_folders, synthetic_data
+from hks.data.cifar_archives import ARCHIVES, NB_CLASSES_COARSE, NB_CLASSES_FINE
 # The readers' shared names, also reachable from here as before the split:
-from data_types import (IMAGE_SIZE, DatasetError, Loaded, data_info, dataset_name,  # noqa: F401
+from hks.data.data_types import (IMAGE_SIZE, DatasetError, Loaded, data_info, dataset_name,  # noqa: F401
                         is_folder, recorded_name)
 
 TRAIN_FRACTION_WHEN_TRIMMED = 0.8  # DATASET_SIZE=N keeps 80% train, 20% test
@@ -48,7 +45,7 @@ def load_dataset(config, notices=True):
     name = getattr(config, "dataset", "cifar100")
     size = getattr(config, "image_size", IMAGE_SIZE)
     if name == "synthetic":
-        utils.say_once("synthetic", synthetic_data.SYNTHETIC_NOTICE, notices)
+        console.say_once("synthetic", synthetic_data.SYNTHETIC_NOTICE, notices)
         key = ("synthetic", size)
         if key not in _loaded:
             _loaded[key] = synthetic_data.synthetic_dataset(size)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-import utils
-from data_types import IMAGE_SIZE, DatasetError
+from hks.core import storage
+from hks.data.data_types import IMAGE_SIZE, DatasetError
 
 # The official archives (their SHA-256 is the one Keras checks) ---
 CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
@@ -125,7 +125,7 @@ def download(url, target, sha256):
         if digest.hexdigest() != sha256:
             raise OSError(f"the downloaded file's SHA-256 is {digest.hexdigest()[:12]}..., "
                           "not the official archive's")
-        os.chmod(partial, utils.FILE_MODE)
+        os.chmod(partial, storage.FILE_MODE)
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):
@@ -325,7 +325,7 @@ def write_decoded_cache(cache, signature, verdict, train, test, names, title):
              y_coarse_test=empty if test[2] is None else test[2],
              class_names=np.array(names[0]), group_names=np.array(names[1] or []))
     try:
-        utils.atomic_write(cache, buffer.getvalue())
+        storage.atomic_write(cache, buffer.getvalue())
     except OSError as err:
         print(f"{title}: note: could not write the decoded copy {cache} ({err}); "
               "the archive will be decoded again next time.", flush=True)

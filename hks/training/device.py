@@ -8,9 +8,9 @@ import contextlib
 import importlib.util
 from pathlib import Path
 
-import utils
+from hks.core import console
 
-with utils.startup_noise_filtered():  # TensorFlow's C++ start-up lines, on every import
+with console.startup_noise_filtered():  # TensorFlow's C++ start-up lines, on every import
     import keras
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -49,12 +49,12 @@ def gpu_compute_capability():
 def device_line():
     """One line saying where trials train, worked out where they train (a
     trial process sends it with its "ready") and said once per process
-    (utils.say_once, from trial_process). Under JAX the devices are not
+    (console.say_once, from trial_process). Under JAX the devices are not
     opened just to say this (JAX takes most of a GPU's memory in the first
     process that opens it): a GPU needs JAX's CUDA plugin and an NVIDIA driver."""
     if keras.backend.backend() == "jax":
         plugin = any(importlib.util.find_spec(f"jax_cuda{v}_plugin") for v in (12, 13))
-        if plugin and Path(utils.NVIDIA_DRIVER).exists():
+        if plugin and Path(console.NVIDIA_DRIVER).exists():
             return "Trials train on the GPU (JAX with CUDA)."
         return "No GPU found: trials train on the CPU."
     if keras.backend.backend() != "tensorflow":

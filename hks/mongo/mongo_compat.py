@@ -37,7 +37,7 @@ pymongo 4 removed that this module does not cover.
 
 Use it before touching MongoTrials, in scripts and notebooks alike:
 
-    import mongo_compat
+    from hks.mongo import mongo_compat
     mongo_compat.install()
     trials = MongoTrials("mongo://localhost:27017/hyperopt/jobs", exp_key="exp1")
 """

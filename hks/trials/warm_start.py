@@ -13,7 +13,7 @@ import hyperopt.pyll
 import numpy as np
 from hyperopt import JOB_STATE_DONE
 
-import utils
+from hks.core import storage
 
 
 class SpaceMismatch(ValueError):
@@ -89,7 +89,7 @@ def warm_start(trials, results_dir, space):
     not hold yet (by model name) as finished trials, so that TPE goes on from
     them. Files that cannot be read or do not fit the search space are skipped
     with the reason. Returns the number added."""
-    return add_result_files(trials, utils.result_files(results_dir), space)
+    return add_result_files(trials, storage.result_files(results_dir), space)
 
 
 def add_result_files(trials, paths, space):
@@ -98,7 +98,7 @@ def add_result_files(trials, paths, space):
     results = []
     for path in paths:
         try:
-            result = utils.load_json_result(path)
+            result = storage.load_json_result(path)
             if result.get("model_name") in known:
                 continue
             if result.get("status") not in ("ok", "fail"):
@@ -135,8 +135,8 @@ def take_back(trials, config, space):
         return 0
     saved_at = path.stat().st_mtime
     known = {t["result"].get("model_name") for t in trials.trials}
-    unsaved = [name for name in utils.result_files(config.results_dir)
-               if Path(name).name[:-len(utils.RESULT_SUFFIX)] not in known
+    unsaved = [name for name in storage.result_files(config.results_dir)
+               if Path(name).name[:-len(storage.RESULT_SUFFIX)] not in known
                and os.path.getmtime(name) >= saved_at]
     if len(unsaved) > 1:  # one trial at a time: a kill can leave one file unsaved, not more
         print(f"note: {len(unsaved)} result files in {config.results_dir}/ are newer than "

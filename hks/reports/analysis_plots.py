@@ -8,7 +8,7 @@ import io
 
 import numpy as np
 
-import utils
+from hks.core import storage
 
 DPI = 80
 PANEL_INCHES = 1.3  # one panel of the scatter matrix
@@ -137,13 +137,13 @@ def learning_curves(trials, frame, ok, top):
     best = frame[ok].sort_values("fine_best_accuracy", ascending=False, kind="stable").head(top)
     others = frame[ok & frame["pruned"] & ~frame.index.isin(best.index)]
     for number, (index, row) in enumerate(others.iterrows()):
-        curve = utils.val_fine_curve(trials[index]["result"])
+        curve = storage.val_fine_curve(trials[index]["result"])
         if curve:
             ax.plot(range(1, len(curve) + 1), curve, color="0.75", linewidth=0.8,
                     label=f"other pruned trials ({len(others)})" if number == 0 else None)
             ax.plot(len(curve), curve[-1], "x", color="0.6", markersize=5)
     for index, row in best.iterrows():
-        curve = utils.val_fine_curve(trials[index]["result"])
+        curve = storage.val_fine_curve(trials[index]["result"])
         if curve:
             label = f"{row['fine_best_accuracy']:.4f} {row['model_name']}"
             lines = ax.plot(range(1, len(curve) + 1), curve, linewidth=1,

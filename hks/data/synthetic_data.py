@@ -9,9 +9,9 @@ import tarfile
 
 import numpy as np
 
-from cifar_archives import (CIFAR100_FOLDER, NB_CLASSES_COARSE, NB_CLASSES_FINE,
-                            PIXELS_PER_IMAGE)
-from data_types import IMAGE_SIZE, Loaded, data_info
+from hks.data.cifar_archives import (CIFAR100_FOLDER, NB_CLASSES_COARSE, NB_CLASSES_FINE,
+                                     PIXELS_PER_IMAGE)
+from hks.data.data_types import IMAGE_SIZE, Loaded, data_info
 
 # The synthetic set: 10 classes in 5 groups, big enough to learn something ---
 SYNTHETIC_CLASSES = 10

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-import flags
-import utils
-from data_types import DatasetError, Loaded, data_info
+from hks.core import console, flags, storage
+from hks.data.data_types import DatasetError, Loaded, data_info
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 FOLDER_CACHE_VERSION = 1  # bump when the cached arrays change meaning
@@ -187,13 +186,13 @@ def load_folder(name, size, config, notices=True, memo=None):
     cache = folder_cache_path(root, size, config.cache_dir)
     decoded = read_folder_cache(cache, signature)
     if decoded is not None:
-        utils.say_once(("cached", str(root)), f"Images in {root}: decoded copy {cache}", notices)
+        console.say_once(("cached", str(root)), f"Images in {root}: decoded copy {cache}", notices)
     else:
         decoded = decode_folder(root, layout, size, notices)
         write_folder_cache(cache, root, signature, decoded, notices)
     images, keep, skipped = decoded
     if skipped:
-        utils.say_once(("skipped", str(root)), f"Images in {root}: skipped {len(skipped)} that "
+        console.say_once(("skipped", str(root)), f"Images in {root}: skipped {len(skipped)} that "
                  f"cannot be decoded: {', '.join(skipped[:10])}"
                  + (" ..." if len(skipped) > 10 else ""), notices)
     memo[key] = split_folder(layout, images, keep, root, size, config)
@@ -230,7 +229,7 @@ def read_folder_cache(cache, signature):
 
 def write_folder_cache(cache, root, signature, decoded, notices=True):
     if cache.resolve().is_relative_to(root):
-        utils.say_once(("cache", str(root)), f"note: the cache folder {cache.parent} is inside "
+        console.say_once(("cache", str(root)), f"note: the cache folder {cache.parent} is inside "
                  f"{root}; the decoded copy is not kept (choose another --cache-dir)", notices)
         return
     images, keep, skipped = decoded
@@ -238,10 +237,10 @@ def write_folder_cache(cache, root, signature, decoded, notices=True):
     np.savez(buffer, signature=np.array(signature), images=images, keep=keep,
              skipped=np.array(skipped, dtype=str))
     try:
-        utils.atomic_write(cache, buffer.getvalue())
+        storage.atomic_write(cache, buffer.getvalue())
     except OSError as err:
-        utils.say_once(("cache", str(root)), f"note: could not keep the decoded copy of {root} "
-                 f"({utils.os_error_text(err)}); it will be decoded again next time", notices)
+        console.say_once(("cache", str(root)), f"note: could not keep the decoded copy of {root} "
+                 f"({storage.os_error_text(err)}); it will be decoded again next time", notices)
 
 
 def split_folder(layout, images, keep, root, size, config):

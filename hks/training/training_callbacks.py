@@ -1,15 +1,15 @@
 """The Keras callbacks of one trial besides Keras' own: when its first step
 ended, stopping at the end of an epoch on request (a trial taken away from
-its MongoDB worker), and the stopping rule of pruning.py (--prune)."""
+its MongoDB worker), and the stopping rule of hks/stopping/pruning.py (--prune)."""
 
 import time
 
 import numpy as np
 
-import pruning
-import utils
+from hks.core import console
+from hks.stopping import pruning
 
-with utils.startup_noise_filtered():  # TensorFlow's C++ start-up lines, on every import
+with console.startup_noise_filtered():  # TensorFlow's C++ start-up lines, on every import
     import keras
 
 
@@ -39,7 +39,7 @@ class StopWhen(keras.callbacks.Callback):
 
 class PruningCallback(keras.callbacks.Callback):
     """Stops the trial at the end of an epoch when the stopping rule (a
-    pruning.py rule) says it is hopeless. `earlier` is the search's earlier
+    hks/stopping/pruning.py rule) says it is hopeless. `earlier` is the search's earlier
     trials (a list of pruning.Earlier, or of plain curves: completed
     trials), or a function returning them (None when it cannot: the last
     ones are kept), asked again every pruning.REFRESH_EPOCHS epochs (a

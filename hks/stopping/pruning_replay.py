@@ -27,7 +27,8 @@ import math
 
 import numpy as np
 
-import pruning
+from hks.core import storage
+from hks.stopping import pruning
 
 REPLAY_ORDERS = 500  # analyze_results.py --replay-pruning
 SEARCHES = 1000  # simulated searches for the time to best
@@ -66,16 +67,12 @@ def prepared(curves, epochs):
     return [c[:epochs] for c in curves], epochs
 
 
-def best_of(values):
-    return np.nanmax(values) if np.isfinite(values).any() else -math.inf
-
-
 def replay(curves, rule, orders=REPLAY_ORDERS, seed=0, epochs=None):
     """`rule` on `curves` taken in `orders` random orders: for each, the
     epochs that would have been trained and the best accuracy the pruned
     search would have found. Returns the figures of pruning_replay.json."""
     curves, epochs = prepared(curves, epochs)
-    full_best = max(best_of(c) for c in curves)
+    full_best = max(storage.best_of(c) for c in curves)
     rng = np.random.default_rng(seed)
     trained, bests, pruned = [], [], []
     for _ in range(orders):
@@ -83,7 +80,7 @@ def replay(curves, rule, orders=REPLAY_ORDERS, seed=0, epochs=None):
         for index in rng.permutation(len(curves)):
             ran = run.train(curves[index])
             total += len(ran)
-            best = max(best, best_of(ran))
+            best = max(best, storage.best_of(ran))
         trained.append(total)
         bests.append(best)
         pruned.append(int(run.stopped[:run.count].sum()))
@@ -109,7 +106,7 @@ def search_times(curves, rule, searches, seed, epochs):
     trial (see the module's doc); a search that has not found it after
     MAX_DRAWS_PER_CURVE x len(curves) trials counts what it trained so far
     (and is counted in `without_best`). Returns (times, without_best)."""
-    full_best = max(best_of(c) for c in curves)
+    full_best = max(storage.best_of(c) for c in curves)
     rng = np.random.default_rng(seed)
     times, without_best = [], 0
     for _ in range(searches):
@@ -117,7 +114,7 @@ def search_times(curves, rule, searches, seed, epochs):
         for index in rng.integers(len(curves), size=MAX_DRAWS_PER_CURVE * len(curves)):
             ran = run.train(curves[index])
             total += len(ran)
-            if best_of(ran) >= full_best:
+            if storage.best_of(ran) >= full_best:
                 break
         else:
             without_best += 1

@@ -4,7 +4,7 @@ one function.
 Each setting is a field of the settings class of whoever reads it, with its
 flag and its environment variable (`setting` below): MachineSettings is
 where this machine keeps things, TrialSettings what one trial reads,
-SearchSettings adds what hyperopt_optimize.py reads; mongo_search.py declares
+SearchSettings adds what hyperopt_optimize.py reads; hks/mongo/mongo_settings.py declares
 the MongoDB driver's and workers' own. `read_settings` is the only place
 that reads them (a flag wins over its variable, which wins over the
 default), and `parse_or_exit` refuses a bad one with one line and exit code
@@ -18,8 +18,8 @@ import os
 
 RESULTS_DIR = "results"
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-PRUNE_RULES = ("median", "asha", "none")  # --prune; the rules are in pruning.py
-DATASETS = ("cifar100", "cifar10", "synthetic")  # --dataset, or a folder (image_folders.py)
+PRUNE_RULES = ("median", "asha", "none")  # --prune; the rules are in hks/stopping/pruning.py
+DATASETS = ("cifar100", "cifar10", "synthetic")  # --dataset, or a folder (hks/data/image_folders)
 MIN_IMAGE_SIZE = 8  # three stages halve the image: 8 -> 4 -> 2 -> 1
 CACHE_FOLDER_NAME = "hyperopt-keras-sample"  # under ~/.cache: decoded image folders
 

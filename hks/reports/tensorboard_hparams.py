@@ -19,7 +19,7 @@ import socket
 import time
 from pathlib import Path
 
-import utils
+from hks.core import storage
 
 NONE = "none"  # a conditional hyperparameter's value when unused
 # Final metrics written to TensorBoard, when a result has them.
@@ -53,10 +53,10 @@ def hparams_of(space, conditional=()):
         if value is None:
             values[name] = NONE
         elif name in conditional:
-            values[name] = f"{value:g}" if utils.is_number(value) else str(value)
+            values[name] = f"{value:g}" if storage.is_number(value) else str(value)
         elif isinstance(value, (bool, str)):
             values[name] = value
-        elif utils.is_number(value):
+        elif storage.is_number(value):
             values[name] = float(value)
         else:
             values[name] = str(value)
@@ -65,7 +65,7 @@ def hparams_of(space, conditional=()):
 
 def final_metrics(result):
     """{tag: value} of the METRIC_TAGS the result has."""
-    return {tag: float(result[tag]) for tag in METRIC_TAGS if utils.is_number(result.get(tag))}
+    return {tag: float(result[tag]) for tag in METRIC_TAGS if storage.is_number(result.get(tag))}
 
 
 def write_hparams_run(result, log_dir, conditional=()):
@@ -79,7 +79,7 @@ def write_hparams_run(result, log_dir, conditional=()):
         return None
     run_dir = Path(log_dir) / Path(str(result["model_name"])).name
     epochs = result.get("epochs")
-    step = int(epochs) if utils.is_number(epochs) else len(utils.val_fine_curve(result))
+    step = int(epochs) if storage.is_number(epochs) else len(storage.val_fine_curve(result))
     summaries = [(0, summary_v2.hparams_pb(hparams_of(result["space"], conditional),
                                            trial_id=str(result["model_name"])))]
     summaries += [(step, scalar_summary(tag, value))
@@ -114,7 +114,7 @@ def write_hparams_experiment(log_dir, results, conditional=()):
             domain = None  # mixed types: only possible with an unlisted conditional
         description = f"'{NONE}' when not used" if name in conditional else None
         hparams.append(hp.HParam(name, domain, description=description))
-    tags = [tag for tag in METRIC_TAGS if any(utils.is_number(r.get(tag)) for r in results)]
+    tags = [tag for tag in METRIC_TAGS if any(storage.is_number(r.get(tag)) for r in results)]
     metrics = [hp.Metric(tag, display_name=tag.replace("_", " ")) for tag in tags]
     write_events(Path(log_dir), [(0, hp.hparams_config_pb(hparams, metrics))])
     return len(hparams)
@@ -126,7 +126,7 @@ def log_trial(result, log_dir, results_dir, conditional):
     saved already, so a failure here is one warning and the search goes on."""
     try:
         write_hparams_run(result, log_dir, conditional)
-        write_hparams_experiment(log_dir, utils.load_results(results_dir), conditional)
+        write_hparams_experiment(log_dir, storage.load_results(results_dir), conditional)
     except Exception as err:
         print(f"warning: could not write {result['model_name']} to TensorBoard's "
               f"HParams ({type(err).__name__}: {err}); the search goes on.")
@@ -155,7 +155,7 @@ def write_events(folder, summaries):
         records.write(event_pb2.Event(wall_time=now, step=step, summary=summary)
                       .SerializeToString())
     name = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}"
-    # A plain write, not utils.atomic_write: TensorBoard would read its
+    # A plain write, not storage.atomic_write: TensorBoard would read its
     # temporary file (the name holds "tfevents"), and it copes with a file
     # that is still being written.
     (folder / (name + EVENTS_SUFFIX)).write_bytes(buffer.getvalue())

@@ -21,13 +21,11 @@ import numpy as np
 from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_RUNNING
 from hyperopt.base import JOB_STATE_CANCEL
 
-import dataset
-import flags
-import kept_models
-import mongo_settings
-import pruning
-import trial_process
-import utils
+from hks.core import console, flags, storage
+from hks.data import dataset
+from hks.mongo import mongo_settings
+from hks.stopping import pruning
+from hks.trials import kept_models, trial_process
 
 DATA_SETS_COLLECTION = "hks_data_sets"  # {_id: exp_key, identity: dataset.identity()}
 # hyperopt's MongoJobs.update writes to {_id, version v} and then checks that
@@ -49,7 +47,7 @@ def run_driver(search, driver, objective, space, warm_start):
     `warm_start(trials, folder)` adds result files as trials. Returns the
     exit code, having said what happened in one line."""
     import pymongo.errors
-    import mongo_compat
+    from hks.mongo import mongo_compat
     seen = {}  # what the driver has reported, kept across MongoDB outages
     notice = mongo_settings.open_database_notice(driver.mongo)
     if notice:
@@ -72,7 +70,7 @@ def run_driver(search, driver, objective, space, warm_start):
         print("\nInterrupted. The trials stay in MongoDB: workers finish those they "
               "are running and the queued ones wait. Run the same command again to "
               "resume.", file=sys.stderr)
-        return utils.EXIT_INTERRUPTED
+        return console.EXIT_INTERRUPTED
     except (MongoLost, DataSetMismatch, dataset.DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -114,7 +112,7 @@ def wait_for_mongo(url, grace, started=None):
     """MongoDB went away: try it with growing pauses until it answers
     (returns the seconds since `started`, default now) or `grace` seconds
     have passed (raises MongoLost, with what to do)."""
-    import mongo_compat
+    from hks.mongo import mongo_compat
     started = time.monotonic() if started is None else started
     pauses = retry_pauses(grace, started)
     while True:
@@ -141,7 +139,7 @@ def queue_and_follow(search, driver, objective, space, warm_start, seen=None):
     MongoTrials. When it fails (MongoDB went away), its MongoDB client is
     closed: the next try opens its own, and a driver that rides out many
     outages does not keep one client, with its monitor threads, per outage."""
-    import mongo_compat
+    from hks.mongo import mongo_compat
     from hyperopt.mongoexp import MongoTrials
     try:
         trials = MongoTrials(mongo_compat.open_jobs(driver.mongo), exp_key=driver.exp_key)
@@ -278,7 +276,7 @@ def worker_objective(objective, settings, expr, memo, ctrl):
     hyperspace drawn, trained by `objective` with the driver's `settings` but
     this worker's own folders. hyperopt_mongo_worker.py hands those over on
     the job handle that hyperopt gives back here: `machine` (its folders),
-    `dataset` (its own --dataset, or None), `curves` (a pruning.MongoCurves,
+    `dataset` (its own --dataset, or None), `curves` (a mongo_curves.MongoCurves,
     for --prune) and `in_trial`, which tells the worker's heartbeat which
     trial is training (and gets `last_result_file`). Under hyperopt's own
     hyperopt-mongo-worker there are none: the driver's folders stay and
@@ -291,7 +289,7 @@ def worker_objective(objective, settings, expr, memo, ctrl):
     if machine is not None:
         settings = dataclasses.replace(settings, **dataclasses.asdict(machine))
     settings = own_data_set(settings, getattr(ctrl.trials.handle, "dataset", None))
-    curves = getattr(ctrl.trials.handle, "curves", None)  # pruning.MongoCurves
+    curves = getattr(ctrl.trials.handle, "curves", None)  # mongo_curves.MongoCurves
     if pruning.rule_of(settings) is None and not settings.keep_models:
         curves = None
     handle = ctrl.trials.handle
@@ -306,7 +304,7 @@ def worker_objective(objective, settings, expr, memo, ctrl):
         if in_trial is not None:
             in_trial["_id"] = None  # before hyperopt writes the result
     if isinstance(result, dict) and result.get("model_name"):  # to remove if not stored
-        handle.last_result_file = utils.result_path(result, settings.results_dir)
+        handle.last_result_file = storage.result_path(result, settings.results_dir)
     if trial_process.abandoned.is_set():  # its file too, if written before the heartbeat knew
         raise TrialTakenAway(f"trial {ctrl.current_trial['tid'] + 1} went back to the queue "
                              "while this worker was silent; another worker runs it")
@@ -376,12 +374,12 @@ def follow_workers(search, driver, trials, seen=None):
         finished = [t for t in trials.trials
                     if t["state"] == JOB_STATE_DONE and t["tid"] not in reported]
         if finished:
-            best = utils.best_trial(trials) or False
+            best = storage.best_trial(trials) or False
             for trial in sorted(finished, key=lambda t: t["refresh_time"]):
                 reported.add(trial["tid"])
                 seconds = ((trial["refresh_time"] - trial["book_time"]).total_seconds()
                            if trial.get("book_time") and trial.get("refresh_time") else 0.0)
-                print(utils.progress_line(
+                print(console.progress_line(
                     trial["result"], trial["tid"] + 1, seconds, best=best,
                     where=f" on {trial['owner']}, {len(reported)}{of} finished"), flush=True)
         line = pruning.stalled(finished_results(trials), search.stop_after)

@@ -24,8 +24,9 @@ In one run, on a synthetic data set in the real CIFAR-100 format
 6. a folder of photo-sized image files (--dataset DIR): the time to decode
    and cache it, and to load it again from the cache (hks/bench/bench_files.py);
 7. keeping a trial's model (--keep-models): the seconds a save adds to a
-   trial and the .keras file's size, and predict.py's images per second
-   (hks/bench/bench_files.py).
+   trial and the .keras file's size, and predict.py's images per second;
+   with --mongo, the seconds to store it in GridFS (a worker) and to copy it
+   from there into a folder (the driver) (hks/bench/bench_files.py).
 
     python3 benchmark.py --quick              # a few minutes on a 2-core CPU
     python3 benchmark.py --out bench.json     # larger; JSON to compare commits
@@ -56,6 +57,7 @@ import hyperopt_optimize  # the spaces
 from hks.bench import bench_files, reference_model
 from hks.core import flags, storage
 from hks.data import cifar_archives, dataset, synthetic_data
+from hks.mongo import mongo_settings
 from hks.trials import trial_process
 
 # Keras (TensorFlow or JAX: seconds) is imported where it is used, after the
@@ -122,6 +124,11 @@ def parse_args(argv=None):
                         help="finished trials in the store when TPE is timed (10,100,1000)")
     parser.add_argument("--memory-trials", type=positive,
                         help="consecutive small trials watched for memory growth (10)")
+    parser.add_argument("--mongo", metavar="ADDRESS",
+                        type=flags.argparse_type(mongo_settings.mongo_url),
+                        help="models section: also time storing the model in this "
+                             "MongoDB's GridFS and copying it back (HOST:PORT/DB; an "
+                             "experiment of its own, removed afterwards)")
     parser.add_argument("--folder-images", type=positive,
                         help="image files in the folder decoded by the folder section "
                              "(3000; --quick: 1000)")
@@ -482,6 +489,10 @@ def print_report(report):
         print(f"\nKeeping the {name} model ({m['params']:,} parameters): {m['save_seconds']:.2f} s "
               f"a save, {m['file_mb']:.1f} MB on disk; predict.py "
               f"{m['predict_images_per_second']:.0f} images/s")
+        if "gridfs" in m:
+            g = m["gridfs"]
+            print(f"  through MongoDB: stored in GridFS in {g['store_seconds']:.2f} s, copied to "
+                  f"a folder in {g['copy_seconds']:.2f} s; GridFS holds {g['stored_mb']:.1f} MB")
     if "folder" in report:
         f = report["folder"]
         print(f"\nA folder of {f['images']} images ({f['sides_px'][0]}-{f['sides_px'][1]} px a "
@@ -544,7 +555,8 @@ def main(argv=None):
         if "models" in args.only:
             print("Keeping a model, predict.py:", flush=True)
             report["models"] = {
-                name: bench_files.run_model(neural_net.build_model(spaces()[name]), work / name)
+                name: bench_files.run_model(neural_net.build_model(spaces()[name]), work / name,
+                                            args.mongo)
                 for name in args.models}
     report["benchmark_seconds"] = time.perf_counter() - started
     print_report(report)

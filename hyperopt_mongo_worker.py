@@ -17,6 +17,7 @@ size, ...) comes from the driver, inside the experiment.
 
 import argparse
 import dataclasses
+import functools
 import os
 import signal
 import socket
@@ -36,7 +37,8 @@ from hyperopt.mongoexp import MongoWorker, ReserveTimeout  # noqa: E402
 from hks import moved  # noqa: E402
 from hks.core import console, flags  # noqa: E402
 from hks.data import dataset, image_folders  # noqa: E402
-from hks.mongo import mongo_compat, mongo_curves, mongo_search, mongo_settings  # noqa: E402
+from hks.mongo import (mongo_compat, mongo_curves, mongo_files, mongo_search,  # noqa: E402
+                       mongo_settings)
 from hks.trials import kept_models, trial_process  # noqa: E402
 
 
@@ -83,16 +85,21 @@ def keep_alive(jobs, host_id, every, stop, in_trial):
     the trial being trained (`in_trial["_id"]`) is no longer this worker's,
     it went back to the queue (this worker was paused for longer than
     --stale-after) and another worker may run it: stop it at the end of its
-    epoch and write nothing for it (trial_process.abandon)."""
+    epoch and write nothing for it (trial_process.abandon). The epoch it has
+    reached goes into its job as `hks_progress` (analyze_results.py --mongo)."""
     import pymongo.errors
-    failing_since = None
+    failing_since, shown = None, None
     while not stop.wait(every):
         training = in_trial["_id"]  # read before the beat: see below
+        progress = dict(trial_process.progress)
         try:  # the server's clock, which the driver compares with
             jobs.update_many({"owner": host_id, "state": JOB_STATE_RUNNING},
                              {"$currentDate": {"refresh_time": True}})
-            ours = training is not None and jobs.count_documents(
-                {"_id": training, "owner": host_id, "state": JOB_STATE_RUNNING})
+            mine = {"_id": training, "owner": host_id, "state": JOB_STATE_RUNNING}
+            ours = training is not None and jobs.count_documents(mine)
+            if ours and progress and (training, progress) != shown:
+                jobs.update_one(mine, {"$set": {"hks_progress": progress}})
+                shown = (training, progress)
         except pymongo.errors.PyMongoError as err:  # said once; tried again every beat
             if failing_since is None:
                 failing_since = time.monotonic()
@@ -293,6 +300,9 @@ def main(argv=None):
     # hyperopt writes each trial's result with jobs.update: one that finds
     # MongoDB away waits for it, so a trial trained through an outage is kept.
     jobs.update = patiently(jobs.update, config.outage_grace, "writing a trial's state")
+    # --keep-models: a kept model goes into the experiment's GridFS, for the driver.
+    jobs.store_model = patiently(functools.partial(mongo_files.store_model, jobs),
+                                 config.outage_grace, "storing a kept model")
     # Unique even for a worker restarted with the same pid (containers): the
     # heartbeat must never revive the trial of a previous life.
     host_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:4]}"

@@ -244,7 +244,7 @@ def fit_model(model, train, validation, batch_size, epochs, callbacks=(), verbos
 
 def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=False,
                     config=None, histogram_freq=0, called_at=None, data_notices=True,
-                    earlier=None, stop_when=None):
+                    earlier=None, stop_when=None, on_epoch=None):
     """Build the model of `hype_space`, train it and return `(model,
     model_name, result)`. `config` is a flags.TrialSettings (default: from the
     environment variables). A loss that turns NaN/inf ends the trial as
@@ -255,7 +255,8 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
     `earlier`: the search's earlier trials' validation fine accuracy curves
     (or a function returning them) for --prune; None: no pruning.
     `stop_when()` true at the end of an epoch stops training there (a trial
-    taken away from its MongoDB worker)."""
+    taken away from its MongoDB worker); `on_epoch(epoch, epochs, accuracy)`
+    hears each epoch's validation fine accuracy."""
     called_at = called_at or time.time()
     config = config or flags.read_settings(flags.TrialSettings)
     train, val, test = dataset.training_data(config, notices=data_notices)
@@ -267,6 +268,8 @@ def build_and_train(hype_space, save_best_weights=False, log_for_tensorboard=Fal
     callbacks = [keras.callbacks.TerminateOnNaN(), first_step]
     if stop_when is not None:
         callbacks.append(training_callbacks.StopWhen(stop_when))
+    if on_epoch is not None:
+        callbacks.append(training_callbacks.EpochReport(on_epoch))
     log_dir = Path(storage.TENSORBOARD_DIR) / uid
     if log_for_tensorboard or config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir),

@@ -13,7 +13,8 @@ import time
 import pytest
 from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_RUNNING
 
-from conftest import ROOT, SUPPORT, hear_ctrl_c
+from conftest import ROOT, SUPPORT
+from mongo_processes import finish, start_driver, start_worker, stop, wait_until
 
 
 @pytest.fixture
@@ -21,24 +22,6 @@ def env(clean_env):
     """Workers import the stand-in objectives from tests/; heartbeats are quick."""
     return dict(clean_env, PYTHONPATH=str(SUPPORT), HKS_HEARTBEAT="0.3",
                 HKS_POLL_INTERVAL="0.5")
-
-
-def start_driver(objective, mongo_url, env, log, *flags):
-    return subprocess.Popen(
-        [sys.executable, str(SUPPORT / "mongo_driver.py"), objective, "--mongo", mongo_url,
-         "--exp-key", "exp", "--epochs", "1", "--no-plots", *flags],
-        cwd=log.parent, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-        preexec_fn=hear_ctrl_c)
-
-
-def start_worker(mongo_url, env, folder, cifar_dir, *flags):
-    folder.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "hyperopt_mongo_worker.py"), "--mongo", mongo_url,
-         "--exp-key", "exp", "--data-dir", str(cifar_dir), "--results-dir", "results",
-         "--reserve-timeout", "60", *flags],
-        cwd=folder, env=env, stdout=(folder / "worker.log").open("w"),
-        stderr=subprocess.STDOUT, preexec_fn=hear_ctrl_c)
 
 
 @pytest.fixture
@@ -63,26 +46,6 @@ def experiment(tmp_path, mongo_url, env, cifar_dir):
     stop(started)
 
 
-def finish(process, log, timeout=180):
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        pytest.fail(f"{log} did not finish in {timeout} s:\n{log.read_text()}")
-    return log.read_text()
-
-
-def stop(workers):
-    for worker in workers:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGINT)
-    for worker in workers:
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-
-
 def jobs_of(mongo_db, state=None):
     query = {"exp_key": "exp"} if state is None else {"exp_key": "exp", "state": state}
     return list(mongo_db.jobs.find(query))
@@ -90,15 +53,6 @@ def jobs_of(mongo_db, state=None):
 
 def result_files(folder):
     return sorted((folder / "results").glob("model_*.txt.json"))
-
-
-def wait_until(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.mark.slow

@@ -222,6 +222,60 @@ def test_gridfs(db):
         fs.get(first)
 
 
+# What the GridFS spec asks of a server, and kept models rely on
+# (https://github.com/mongodb/specifications, source/gridfs/gridfs-spec.md):
+# two collections, <bucket>.files and <bucket>.chunks; an index on
+# {filename: 1, uploadDate: 1} of the files and a unique one on {files_id: 1,
+# n: 1} of the chunks; chunks of chunkSize bytes (255 KiB by default) but the
+# last, numbered n = 0, 1, ... and read back in the order of n.
+CHUNK = 255 * 1024
+
+
+def test_gridfs_stores_files_and_chunks_as_the_spec_says(db):
+    fs = gridfs.GridFS(db)
+    blob = os.urandom(2 * CHUNK + 1000)
+    fid = fs.put(blob, _id="hks_kept_model:x:kept_model.keras:w", filename="x_kept_model.keras",
+                 metadata={"sha256": "abc"})
+    assert set(db.list_collection_names()) >= {"fs.files", "fs.chunks"}
+    files = {ix["name"]: ix for ix in db.fs.files.list_indexes()}
+    chunks = {ix["name"]: ix for ix in db.fs.chunks.list_indexes()}
+    assert dict(files["filename_1_uploadDate_1"]["key"]) == {"filename": 1, "uploadDate": 1}
+    assert dict(chunks["files_id_1_n_1"]["key"]) == {"files_id": 1, "n": 1}
+    assert chunks["files_id_1_n_1"]["unique"] is True
+    doc = db.fs.files.find_one({"_id": fid})
+    assert (doc["length"], doc["chunkSize"], doc["metadata"]) == (len(blob), CHUNK, {"sha256": "abc"})
+    assert doc["uploadDate"].microsecond % 1000 == 0  # milliseconds, as BSON dates are
+    stored = list(db.fs.chunks.find({"files_id": fid}).sort("n"))
+    assert [(c["n"], len(c["data"])) for c in stored] == [(0, CHUNK), (1, CHUNK), (2, 1000)]
+    assert fs.get(fid).read() == blob
+    with pytest.raises(DuplicateKeyError):  # a chunk twice: refused by the unique index
+        db.fs.chunks.insert_one({"files_id": fid, "n": 1, "data": b"again"})
+    assert db.fs.chunks.distinct("files_id", {"files_id": {"$regex": "^hks_kept_model:"}}) == [fid]
+
+
+def test_gridfs_reads_chunks_in_the_order_of_n_whatever_order_they_were_written(db):
+    blob = os.urandom(3 * CHUNK)
+    db.fs.files.insert_one({"_id": "f", "length": len(blob), "chunkSize": CHUNK,
+                            "uploadDate": bson.datetime.datetime(2026, 12, 6), "filename": "f"})
+    for n in (2, 0, 1):
+        db.fs.chunks.insert_one({"files_id": "f", "n": n, "data": blob[n * CHUNK:(n + 1) * CHUNK]})
+    assert gridfs.GridFS(db).get("f").read() == blob
+    db.fs.chunks.delete_one({"files_id": "f", "n": 1})
+    with pytest.raises(gridfs.errors.CorruptGridFile):  # a missing chunk is never skipped
+        gridfs.GridFS(db).get("f").read()
+
+
+def test_gridfs_delete_takes_the_chunks_along_and_lone_chunks_can_be_found(db):
+    fs = gridfs.GridFS(db)
+    fid = fs.put(os.urandom(CHUNK + 1), _id="kept", filename="kept")
+    db.fs.chunks.insert_one({"files_id": "lone", "n": 0, "data": b"cut short"})  # no files doc
+    lone = set(db.fs.chunks.distinct("files_id")) - set(db.fs.files.distinct("_id"))
+    assert lone == {"lone"}
+    fs.delete("lone")  # a file whose files document never came: its chunks go
+    fs.delete(fid)
+    assert db.fs.chunks.count_documents({}) == 0 and db.fs.files.count_documents({}) == 0
+
+
 def test_unacknowledged_write_then_command(db):
     db.w.with_options(write_concern=WriteConcern(w=0)).insert_one({"fire": "forget"})
     db.w.with_options(write_concern=WriteConcern(w=0)).update_one({}, {"$set": {"x": 1}})

@@ -1,3 +1,3 @@
 """What benchmark.py measures besides training: a folder's decoding, a
-kept model's save and prediction (bench_files), the plain Keras reference
-(reference_model). Never imports the search, MongoDB or a script."""
+kept model's save, prediction and trip through GridFS (bench_files), the
+plain Keras reference (reference_model). Never imports the search or a script."""

@@ -1,10 +1,12 @@
 """The file side of a trial, for benchmark.py: decoding a folder of photo-sized
 images and loading it again from the cache (--dataset DIR), and keeping a
 trained model (--keep-models: the seconds a save adds to a trial, the .keras
-size on disk) with predict.py's speed on it."""
+size on disk) with predict.py's speed on it, and the same model stored in
+MongoDB's GridFS and copied back (--mongo)."""
 
 import statistics
 import time
+import uuid
 
 import numpy as np
 
@@ -54,7 +56,7 @@ def run_folder(n_images, work):
             "decoded_images_per_second": n_images / seconds["decode_and_cache"]}
 
 
-def run_model(model, work):
+def run_model(model, work, mongo=None):
     """Seconds to keep `model` (neural_net.build_model's; the median of SAVES saves,
     as a trial does: wrapped for inference, written, fsynced, renamed), its
     file's size, and predict.py's images/s on it (after one warm-up batch)."""
@@ -72,7 +74,42 @@ def run_model(model, work):
                         names)  # warm-up
     started = time.perf_counter()
     kept_models.predict(model, images, kept_models.PREDICT_BATCH, names)
-    return {"params": int(model.count_params()), "save_seconds": statistics.median(seconds),
-            "save_seconds_each": seconds, "file_mb": path.stat().st_size / 2**20,
-            "predict_images": PREDICT_IMAGES,
-            "predict_images_per_second": PREDICT_IMAGES / (time.perf_counter() - started)}
+    report = {"params": int(model.count_params()), "save_seconds": statistics.median(seconds),
+              "save_seconds_each": seconds, "file_mb": path.stat().st_size / 2**20,
+              "predict_images": PREDICT_IMAGES,
+              "predict_images_per_second": PREDICT_IMAGES / (time.perf_counter() - started)}
+    if mongo:
+        report["gridfs"] = run_gridfs(path, mongo, work / "driver")
+    return report
+
+
+def run_gridfs(path, url, folder):
+    """Seconds to store the kept model at `path` in GridFS as a worker does
+    (mongo_files.store_model, for a trial of an experiment of its own) and
+    to copy it into `folder` as the driver does, and the megabytes GridFS
+    held for it; the experiment is removed afterwards."""
+    from hyperopt import JOB_STATE_DONE
+
+    from hks.mongo import mongo_compat, mongo_files
+    exp_key = f"hks_benchmark_{uuid.uuid4().hex[:8]}"
+    handle = mongo_compat.open_jobs(url)
+    try:
+        handle.insert({"exp_key": exp_key, "tid": 0, "state": 0, "owner": None, "version": 0,
+                       "result": {"status": "new"}, "misc": {"tid": 0}})
+        job = handle.reserve("benchmark", exp_key=exp_key)
+        started = time.perf_counter()
+        mongo_files.store_model(handle, job, "benchmark", path)
+        stored = time.perf_counter() - started
+        handle.update(job, {"result": {"status": "ok", "fine_best_accuracy": 0.5,
+                                       "model_name": path.stem}, "state": JOB_STATE_DONE})
+        started = time.perf_counter()
+        mongo_files.bring_models(handle, exp_key, folder, keep=1, prune=False)
+        copied = time.perf_counter() - started
+        _, size = mongo_files.stored_bytes(handle, exp_key)
+        if (kept_models.model_path(folder, path.stem).read_bytes() != path.read_bytes()):
+            raise SystemExit("benchmark error: the model copied from GridFS differs")
+        mongo_files.unstore(handle, handle.jobs.find_one({"_id": job["_id"]}))
+        handle.jobs.delete_one({"_id": job["_id"]})
+    finally:
+        handle.conn.close()
+    return {"store_seconds": stored, "copy_seconds": copied, "stored_mb": size / 2**20}

@@ -23,7 +23,7 @@ from hyperopt.base import JOB_STATE_CANCEL
 
 from hks.core import console, flags, storage
 from hks.data import dataset
-from hks.mongo import mongo_settings
+from hks.mongo import mongo_files, mongo_settings
 from hks.stopping import pruning
 from hks.trials import kept_models, trial_process
 
@@ -86,10 +86,10 @@ def run_driver(search, driver, objective, space, warm_start):
         print(f"The search is over; MongoDB did not answer for its summary "
               f"({mongo_compat.short_reason(err)}).")
         return 0
-    print((f"Done: experiment {driver.exp_key!r} has {describe_counts(counts)}. Each "
-           "trial's JSON is in the results folder of the worker that ran it. "
+    print((f"Done: experiment {driver.exp_key!r} has {describe_counts(counts)}. Every "
+           f"finished trial's JSON is in {search.results_dir}/. "
            + pruning.summary(finished_results(trials), search.epochs)).rstrip())
-    print(kept_models.workers_summary(search.keep_models))
+    print(kept_models.summary(search.results_dir, search.keep_models))
     return 0
 
 
@@ -308,7 +308,29 @@ def worker_objective(objective, settings, expr, memo, ctrl):
     if trial_process.abandoned.is_set():  # its file too, if written before the heartbeat knew
         raise TrialTakenAway(f"trial {ctrl.current_trial['tid'] + 1} went back to the queue "
                              "while this worker was silent; another worker runs it")
+    store_kept_model(handle, ctrl.current_trial, result, settings)
     return result
+
+
+def store_kept_model(handle, job, result, settings):
+    """--keep-models on a worker: the model this trial kept in the worker's
+    folder goes into the experiment's GridFS, for the driver (hyperopt's own
+    worker has no `store_model`: its models stay where they were trained). A
+    model that cannot be stored is said in one line; the result stands."""
+    store = getattr(handle, "store_model", None)
+    name = result.get("model_name") if isinstance(result, dict) else None
+    path = kept_models.model_path(settings.results_dir, name) if name else None
+    if store is None or path is None or not path.is_file():
+        return
+    try:
+        size = store(job, job["owner"], path)
+    except mongo_files.TakenAway as err:
+        raise TrialTakenAway(f"trial {job['tid'] + 1}: {err}; another worker runs it") from None
+    except (MongoLost, OSError) as err:
+        print(f"warning: the model of {name} was not stored in MongoDB ({err}); it stays in "
+              f"{path.parent}/ only.", file=sys.stderr, flush=True)
+        return
+    print(f"Stored the model of {name} in MongoDB ({size / 2**20:.1f} MB).", flush=True)
 
 
 class TrialTakenAway(Exception):
@@ -362,7 +384,8 @@ def follow_workers(search, driver, trials, seen=None):
             # meanwhile, and requeues on time.
             clock["since"] = now
         clock["last"] = now
-        for message in requeue_stale_jobs(jobs, driver, now=now, not_before=clock["since"]):
+        requeued = requeue_stale_jobs(jobs, driver, now=now, not_before=clock["since"])
+        for message in requeued:
             print(message, flush=True)
         for job in jobs.find({"exp_key": driver.exp_key, "state": JOB_STATE_ERROR,
                               "tid": {"$nin": sorted(failed)}}):
@@ -382,6 +405,8 @@ def follow_workers(search, driver, trials, seen=None):
                 print(console.progress_line(
                     trial["result"], trial["tid"] + 1, seconds, best=best,
                     where=f" on {trial['owner']}, {len(reported)}{of} finished"), flush=True)
+        bring_files(trials.handle, search, driver, seen,
+                    everything=final or bool(finished or requeued) or "models" not in seen)
         line = pruning.stalled(finished_results(trials), search.stop_after)
         if line and not stalled_said and not final:
             stalled_said.append(line)
@@ -389,6 +414,36 @@ def follow_workers(search, driver, trials, seen=None):
             raise SearchStalled(line)
         return False, []
     return follow
+
+
+def bring_files(handle, search, driver, seen, everything):
+    """Into the driver's --results-dir: each finished trial's JSON, and, when
+    `everything` (a trial finished or went back to the queue, the first and
+    the last look), the models of the K best trials, those that fell out
+    deleted there and from GridFS, and what dead workers left in GridFS. A
+    folder that cannot be written is said once: everything stays in MongoDB."""
+    written = seen.setdefault("written", set())
+    try:
+        mongo_files.bring_results(handle.jobs, driver.exp_key, search.results_dir, written)
+        if not everything:
+            return
+        seen["models"] = True
+        gone = mongo_files.collect_garbage(handle, driver.exp_key)
+        if gone:
+            print(f"Deleted {gone} model files in GridFS that no trial holds (a worker died "
+                  "while storing them, or its trial went back to the queue).", flush=True)
+        copied, _ = mongo_files.bring_models(handle, driver.exp_key, search.results_dir,
+                                             search.keep_models)
+        for name in copied:
+            print(f"Model of {name} copied to {kept_models.models_dir(search.results_dir)}/.",
+                  flush=True)
+    except OSError as err:
+        if "write_failed" not in seen:
+            seen["write_failed"] = True
+            print(f"warning: cannot write into {search.results_dir}/ "
+                  f"({storage.os_error_text(err)}); every result stays in MongoDB, and "
+                  "analyze_results.py --mongo --results-dir DIR brings them anywhere.",
+                  flush=True)
 
 
 def heartbeat_since(jobs, exp_key, when):
@@ -407,7 +462,7 @@ def requeue_update(count_requeue=True):
         increments["requeue_count"] = 1
     return {"$set": {"state": JOB_STATE_NEW, "owner": None, "book_time": None,
                      "refresh_time": None},
-            "$unset": {"error": ""},
+            "$unset": {"error": "", "_attachments": "", "hks_progress": ""},
             "$inc": increments}
 
 

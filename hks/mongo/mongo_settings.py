@@ -17,6 +17,7 @@ from hks.mongo import mongo_compat
 MONGO_DEFAULT_PORT = 27017
 MONGO_DEFAULT_DB = "hyperopt"
 MONGO_JOBS_COLLECTION = "jobs"
+DEFAULT_EXP_KEY = "hyperopt_keras_cifar100"
 
 
 # ------------------------------------------------------ addresses ----
@@ -157,7 +158,7 @@ def mongo_setting():
 
 
 def exp_key_setting():
-    return flags.setting("hyperopt_keras_cifar100", "--exp-key", "EXPERIMENT_NAME", str,
+    return flags.setting(DEFAULT_EXP_KEY, "--exp-key", "EXPERIMENT_NAME", str,
                          "name of the experiment in MongoDB; the same name resumes it")
 
 

@@ -1,6 +1,8 @@
 """The Keras callbacks of one trial besides Keras' own: when its first step
 ended, stopping at the end of an epoch on request (a trial taken away from
-its MongoDB worker), and the stopping rule of hks/stopping/pruning.py (--prune)."""
+its MongoDB worker), each epoch's accuracy told to whoever watches (a
+MongoDB worker's heartbeat), and the stopping rule of
+hks/stopping/pruning.py (--prune)."""
 
 import time
 
@@ -35,6 +37,19 @@ class StopWhen(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.asked():
             self.model.stop_training = True
+
+
+class EpochReport(keras.callbacks.Callback):
+    """After each epoch: `report(epoch, epochs, validation fine accuracy)`."""
+
+    def __init__(self, report):
+        super().__init__()
+        self.report = report
+
+    def on_epoch_end(self, epoch, logs=None):
+        accuracy = (logs or {}).get("val_fine_outputs_accuracy")
+        self.report(epoch + 1, self.params.get("epochs"),
+                    None if accuracy is None else float(accuracy))
 
 
 class PruningCallback(keras.callbacks.Callback):

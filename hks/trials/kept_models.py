@@ -102,18 +102,25 @@ def keep_if_among_best(model, result, settings, earlier):
     """Save `model` (its best epoch's weights) when `result` is among the
     settings.keep_models best of the search so far (`earlier`: the other
     finished trials, as earlier_bests reads them; unreadable: saved, to be
-    judged later), then delete the kept models that fell out. Returns the
-    kept model's path, or None."""
+    judged later), then delete the kept models that fell out, whether this
+    one was kept or not: other workers' trials may have pushed this folder's
+    models out meanwhile. Returns the kept model's path, or None."""
     keep = settings.keep_models
     mine = result.get("fine_best_accuracy")
-    if not keep or result.get("status") != "ok" or not storage.is_number(mine):
+    if not keep:
         return None
     others = earlier_bests(earlier)
-    if others is not None and sum(other >= mine for other in others) >= keep:
-        return None  # K trials as good or better came first: a tie does not enter
-    info = dict(model_info(result, settings.results_dir), kept_at=time.time())
-    path = save(model, info, model_path(settings.results_dir, result["model_name"]))
-    drop_fallen(settings.results_dir, keep, (others or []) + [mine])
+    path = None
+    if result.get("status") == "ok" and storage.is_number(mine):
+        mine_counts = [mine]
+        # K trials as good or better came first: a tie does not enter
+        if others is None or sum(other >= mine for other in others) < keep:
+            info = dict(model_info(result, settings.results_dir), kept_at=time.time())
+            path = save(model, info, model_path(settings.results_dir, result["model_name"]))
+    else:
+        mine_counts = []
+    if path is not None or others is not None:
+        drop_fallen(settings.results_dir, keep, (others or []) + mine_counts)
     return path
 
 

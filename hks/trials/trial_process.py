@@ -55,6 +55,18 @@ _running = None  # the TrialProcess training now, or None
 # Set when the trial being trained must stop at the end of its epoch and leave
 # no result (a MongoDB worker whose trial was given to another worker).
 abandoned = threading.Event()
+# How far the trial being trained has got ({} before its first epoch): what a
+# MongoDB worker's heartbeat shows in the trial's job (analyze_results.py --mongo).
+progress = {}
+
+
+def note_epoch(epoch, epochs, accuracy):
+    """The trial reached the end of `epoch` (of `epochs`) with this validation
+    fine accuracy (None if not measured): kept in `progress`."""
+    best = progress.get("best")
+    if accuracy is not None and (best is None or accuracy > best):
+        best = accuracy
+    progress.update(epoch=epoch, epochs=epochs, accuracy=accuracy, best=best)
 
 
 def abandon():
@@ -77,21 +89,26 @@ def expect_more(more):
     _more = more
 
 
-def train_here(hype_space, settings, called_at=None, data_notices=True, earlier=None):
+def train_here(hype_space, settings, called_at=None, data_notices=True, earlier=None,
+               on_epoch=None):
     """Train one model in this process and free it; errors become failed
     results. `earlier`: the earlier trials' curves, for pruning (see
     neural_net.build_and_train). `data_notices`: say the data set's notices
-    and where trials train (False in a trial process: its search says them)."""
+    and where trials train (False in a trial process: its search says them).
+    `on_epoch` hears each epoch (default: note_epoch, in this process)."""
     import neural_net  # first: it quiets TensorFlow's start-up
     from hks.training import device
     import keras
     console.say_once("device", device.device_line(), data_notices)
+    if on_epoch is None:
+        progress.clear()
     try:
         model, _, result = neural_net.build_and_train(hype_space, config=settings,
                                                       called_at=called_at,
                                                       data_notices=data_notices,
                                                       earlier=earlier,
-                                                      stop_when=abandoned.is_set)
+                                                      stop_when=abandoned.is_set,
+                                                      on_epoch=on_epoch or note_epoch)
         if not abandoned.is_set():
             keep_model(model, result, settings, earlier)
         del model
@@ -123,6 +140,7 @@ def train_in_child(hype_space, settings, called_at=None, earlier=None):
     A trial process that dies (out-of-memory killer) is a failed result."""
     global _spare
     task = (hype_space, settings, called_at, os.getcwd(), earlier)  # cwd: a worker moves per job
+    progress.clear()
     trial = take_spare()
     try:
         trial.tasks.send(task)
@@ -223,13 +241,16 @@ def stop_spare(at_once=False):
 def receive_result(results):
     """The trial's ("result" | "dataset_error", payload), after "ready", whose
     payload (where trials train: device.device_line) is said once per
-    process. So the search and the MongoDB worker say it without importing
-    TensorFlow."""
+    process, so the search and the MongoDB worker say it without importing
+    TensorFlow, and after "epoch" messages (note_epoch's arguments)."""
     while True:
         kind, payload = results.recv()
-        if kind != "ready":
+        if kind == "ready":
+            console.say_once("device", payload)
+        elif kind == "epoch":
+            note_epoch(*payload)
+        else:
             return kind, payload
-        console.say_once("device", payload)
 
 
 def child_main(task_receive, result_send, hear_ctrl_c=True):
@@ -250,8 +271,9 @@ def child_main(task_receive, result_send, hear_ctrl_c=True):
         os.chdir(cwd)  # TensorBoard/ and weights/ are relative to the trial's folder
         try:
             # The search process has told the user about the data set once already.
-            result_send.send(("result", train_here(hype_space, settings, called_at,
-                                                   data_notices=False, earlier=earlier)))
+            result_send.send(("result", train_here(
+                hype_space, settings, called_at, data_notices=False, earlier=earlier,
+                on_epoch=lambda *epoch: result_send.send(("epoch", epoch)))))
         except neural_net.DatasetError as err:
             result_send.send(("dataset_error", str(err)))
     except (KeyboardInterrupt, BrokenPipeError):

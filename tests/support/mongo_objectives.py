@@ -14,6 +14,10 @@ folders, `earlier` the other trials' curves for pruning (unused here). They retu
            reason this test once failed on a loaded machine);
   first_best - the first trial a worker runs is its best (accuracy 0.9),
            every later one 0.1: a search that stalls, whatever TPE draws;
+  fake_model - a result and a kept "model" of HKS_TEST_MODEL_MB random
+           megabytes (1 by default: not a Keras file, bytes to store) with
+           its JSON in the worker's results/models/, as --keep-models leaves
+           it; HKS_TEST_MODEL_PAUSE seconds of "training" (0.5 by default);
   perfect_on_first_worker - on a worker started with HKS_TEST_PERFECT=1, a
            complete trial of perfect accuracy at every epoch, made up at
            once; elsewhere real training (hyperopt_optimize.optimize_cnn,
@@ -21,6 +25,7 @@ folders, `earlier` the other trials' curves for pruning (unused here). They retu
            other worker's curves read back from MongoDB.
 """
 
+import json
 import os
 import signal
 import time
@@ -42,6 +47,17 @@ def finish(hype_space, config, seconds):
     time.sleep(seconds)
     result = fake_result(hype_space, seconds)
     storage.save_json_result(result, config.results_dir)
+    return result
+
+
+def fake_model(hype_space, config, earlier=None):
+    from hks.trials import kept_models
+    result = finish(hype_space, config, float(os.environ.get("HKS_TEST_MODEL_PAUSE", "0.5")))
+    path = kept_models.model_path(config.results_dir, result["model_name"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = int(float(os.environ.get("HKS_TEST_MODEL_MB", "1")) * 2**20)
+    kept_models.info_path(path).write_text(json.dumps({"model_name": result["model_name"]}))
+    path.write_bytes(os.urandom(size))
     return result
 
 

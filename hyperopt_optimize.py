@@ -298,6 +298,9 @@ def main(argv=None):
         build_parser(), [flags.SearchSettings, mongo_settings.DriverSettings], argv)
     config = with_absolute_folder(config)
     signal.signal(signal.SIGTERM, console.raise_interrupt)
+    rule = pruning.rule_of(config)
+    if rule is not None and rule.never_acts(config.epochs):
+        print(rule.never_acts(config.epochs), flush=True)
     if driver.mongo:  # no data set, no training here
         return mongo_search.run_driver(config, driver, optimize_cnn, space,
                                        functools.partial(warm_start.warm_start, space=space))

@@ -19,7 +19,7 @@ import pytest
 
 import analyze_results
 import hyperopt_optimize
-from hks.reports import tensorboard_hparams
+from hks.reports import results_table, tensorboard_hparams
 from tensorboard_events import read_events, run_contents
 
 # The conditional hyperparameters of the search space: the original's nulls.
@@ -96,7 +96,7 @@ def analysed(tmp_path_factory):
     # A 6 x 6 scatter matrix instead of 12 x 12: the same code, a third of the
     # drawing time (the suite runs on 2 cores under a time budget).
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(analyze_results, "SCATTER_HPARAMS", 4)
+        patch.setattr(results_table, "SCATTER_HPARAMS", 4)
         code, stdout, stderr = run_main(["--results-dir", str(folder), "--out-dir",
                                          str(root / "out"), "--to-tensorboard", str(root / "tb")])
     return types.SimpleNamespace(folder=folder, out=root / "out", tb=root / "tb",

@@ -7,24 +7,28 @@ far as they ran). It never stops a trial at its last epoch (that saves
 nothing, and a trial that ran every epoch counts as completed). NaN values
 are left out on both sides, and a tie goes on. The rules:
 
+- `asha` (asynchronous successive halving, as Ray Tune's ASHAScheduler
+  defines it; the default): at the rungs, epochs `grace` x `reduction`^k,
+  stop a trial whose accuracy there is below the (1 - 1/reduction) quantile
+  of the accuracies there of every earlier trial that reached the rung
+  (stopped ones included).
 - `median` (Google Vizier's median stopping rule, as Optuna's MedianPruner
   applies it): after epoch e, stop when the trial's best so far is below the
   median at epoch e of the earlier trials that completed and reached e; not
   at or before epoch `warmup`, nor where fewer than `startup` completed
   trials reached e.
-- `asha` (asynchronous successive halving, as Ray Tune's ASHAScheduler
-  defines it): at the rungs, epochs `grace` x `reduction`^k, stop a trial
-  whose accuracy there is below the (1 - 1/reduction) quantile of the
-  accuracies there of every earlier trial that reached the rung (stopped
-  ones included).
+- `learned` (learned.py): stop a trial further behind the leading completed
+  trial than good trials of other searches ever were.
 
-One copy of each rule serves all its users: the trials' Keras callback
+An epoch setting (`warmup`, `grace`) is a number of epochs or a share of
+the trial's epochs (0.3: epoch 30 of 100, 6 of 20). One copy of each rule
+serves all its users: the trials' Keras callback
 (training_callbacks.PruningCallback, fed with the earlier trials by the
-search or, on a MongoDB worker, by hks/mongo/mongo_curves.py) and the replays of
-pruning_replay.py (analyze_results.py --replay-pruning). Nothing here
-imports Keras.
+search or, on a MongoDB worker, by hks/mongo/mongo_curves.py) and the
+replays of pruning_replay.py (analyze_results.py --replay-pruning). Nothing
+here imports Keras.
 
-    rule = MedianRule(startup=4, warmup=25)
+    rule = MedianRule(startup=8, warmup=0.3)
     thresholds = rule.thresholds(earlier_trials(results), epochs=100)
     rule.below(curve_so_far, thresholds)[-1]    # True: stop the trial now
 """
@@ -35,7 +39,7 @@ import warnings
 
 import numpy as np
 
-from hks.core import storage
+from hks.core import flags, storage
 
 REFRESH_EPOCHS = 3  # a MongoDB worker's trial rereads the other trials' curves this often
 
@@ -97,9 +101,23 @@ class Rule:
         return {"name": self.name, **dataclasses.asdict(self)}
 
     def label(self):
-        """`median (startup 4, warm-up 25)`, for tables and pictures."""
-        settings = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in dataclasses.asdict(self).items())
+        """`median (startup 8, warmup 30%)`, for tables and pictures: a
+        setting given as a share of the epochs shows as a percentage."""
+        settings = ", ".join(f"{k.replace('_', ' ')} {flags.share_text(v)}"
+                             for k, v in dataclasses.asdict(self).items())
         return f"{self.name} ({settings})"
+
+    def acts_within(self, epochs):
+        """Whether the rule can stop a trial of `epochs` epochs at all."""
+        return True
+
+    def never_acts(self, epochs):
+        """One line when the rule can never stop a trial of `epochs` epochs, else ""."""
+        if self.acts_within(epochs):
+            return ""
+        return (f"note: --prune {self.name} never stops a trial at --epochs {epochs}: "
+                f"{self.why_idle(epochs)} Give the setting as a share of --epochs (0.3 or "
+                "30%), or a smaller number.")
 
     def below(self, curve, thresholds):
         return compare(best_so_far(curve), thresholds)
@@ -108,6 +126,19 @@ class Rule:
         """The epoch (1-based) at which `curve` would have been stopped, or None."""
         stops = np.flatnonzero(self.below(curve, thresholds))
         return int(stops[0]) + 1 if stops.size else None
+
+
+def linear_quantile(values, q):
+    """np.quantile(values, q) of its default (linear) method, to the last
+    bit, in a tenth of its time: the replays call it for every trial."""
+    ordered = np.sort(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    if low + 1 >= len(ordered):
+        return float(ordered[-1])
+    a, b, t = ordered[low], ordered[low + 1], position - low
+    difference = b - a
+    return float(b - difference * (1 - t) if t >= 0.5 else a + difference * t)
 
 
 def column_statistic(table, enough, statistic):
@@ -126,9 +157,19 @@ def column_statistic(table, enough, statistic):
 class MedianRule(Rule):
     """The median stopping rule with its two settings (see the module's doc)."""
     startup: int
-    warmup: int
+    warmup: int | float  # epochs, or a share of the trial's epochs (flags.epochs_or_share)
     name: typing.ClassVar[str] = "median"
     reads_stopped: typing.ClassVar[bool] = False
+
+    def warmup_epochs(self, epochs):
+        return flags.epochs_of(self.warmup, epochs)
+
+    def acts_within(self, epochs):
+        return self.warmup_epochs(epochs) < epochs - 1  # never after the last epoch
+
+    def why_idle(self, epochs):
+        return (f"its warm-up is {self.warmup_epochs(epochs)} epochs (--prune-warmup "
+                f"{flags.share_text(self.warmup)}) and it never stops at the last.")
 
     def from_table(self, table, stopped):
         """For each epoch of `table` (a trial's length): the median of the
@@ -138,7 +179,7 @@ class MedianRule(Rule):
         enough = np.isfinite(table).sum(axis=0) >= max(self.startup, 1)
         medians = column_statistic(table, enough, lambda used, whole: (
             np.median(used, axis=0) if whole else np.nanmedian(used, axis=0)))
-        medians[:self.warmup] = np.nan
+        medians[:self.warmup_epochs(table.shape[1])] = np.nan
         medians[-1:] = np.nan  # stopping after the last epoch saves nothing
         return medians
 
@@ -146,13 +187,20 @@ class MedianRule(Rule):
 @dataclasses.dataclass(frozen=True)
 class AshaRule(Rule):
     """Asynchronous successive halving with Ray Tune's two settings."""
-    grace: int
+    grace: int | float  # epochs, or a share of the trial's epochs (flags.epochs_or_share)
     reduction: int
     name: typing.ClassVar[str] = "asha"
 
+    def acts_within(self, epochs):
+        return bool(self.rungs(epochs))
+
+    def why_idle(self, epochs):
+        return (f"its first rung is at epoch {flags.epochs_of(self.grace, epochs, 1)} "
+                f"(--asha-grace {flags.share_text(self.grace)}), not before the last.")
+
     def rungs(self, epochs):
         """The rung epochs below the last: grace x reduction^k."""
-        rungs, rung = [], self.grace
+        rungs, rung = [], flags.epochs_of(self.grace, epochs, minimum=1)
         while rung < epochs:
             rungs.append(rung)
             rung *= self.reduction
@@ -164,12 +212,12 @@ class AshaRule(Rule):
         trial reached the rung."""
         epochs = table.shape[1]
         cutoffs = np.full(epochs, np.nan)
-        quantile = (1 - 1 / self.reduction) * 100
+        quantile = 1 - 1 / self.reduction
         for rung in self.rungs(epochs):
             values = table[:, rung - 1]
             values = values[np.isfinite(values)]
             if values.size:
-                cutoffs[rung - 1] = np.percentile(values, quantile)
+                cutoffs[rung - 1] = linear_quantile(values, quantile)
         return cutoffs
 
     def below(self, curve, thresholds):
@@ -177,7 +225,7 @@ class AshaRule(Rule):
         return compare(np.asarray(curve, dtype=float), thresholds)
 
 
-RULES = {"median": MedianRule, "asha": AshaRule}
+RULES = ("asha", "median", "learned")  # --prune names a rule (learned: learned.py)
 
 
 def rule_of(settings):
@@ -186,6 +234,9 @@ def rule_of(settings):
         return MedianRule(settings.prune_startup, settings.prune_warmup)
     if settings.prune == "asha":
         return AshaRule(settings.asha_grace, settings.asha_reduction)
+    if settings.prune == "learned":
+        from hks.stopping import learned  # it builds on this module's Rule
+        return learned.LearnedRule.shipped()
     return None
 
 

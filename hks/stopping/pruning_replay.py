@@ -24,6 +24,7 @@ Nothing here imports Keras. analyze_results.py --replay-pruning prints them.
 
 import dataclasses
 import math
+import typing
 
 import numpy as np
 
@@ -33,6 +34,18 @@ from hks.stopping import pruning
 REPLAY_ORDERS = 500  # analyze_results.py --replay-pruning
 SEARCHES = 1000  # simulated searches for the time to best
 MAX_DRAWS_PER_CURVE = 10  # a search that never finds the best ends after 10 x N trials
+WITHIN = 0.005  # "as good as the best": half a point of accuracy below it (--within)
+
+
+class Plan(typing.NamedTuple):
+    """How the rules are replayed: random orders, simulated searches, their
+    seed, the margin of "as good as the best" and the curves each search
+    draws from (None: all of them)."""
+    orders: int = REPLAY_ORDERS
+    searches: int = SEARCHES
+    seed: int = 0
+    within: float = WITHIN
+    sample: int | None = None
 
 
 class Run:
@@ -67,59 +80,90 @@ def prepared(curves, epochs):
     return [c[:epochs] for c in curves], epochs
 
 
-def replay(curves, rule, orders=REPLAY_ORDERS, seed=0, epochs=None):
-    """`rule` on `curves` taken in `orders` random orders: for each, the
-    epochs that would have been trained and the best accuracy the pruned
-    search would have found. Returns the figures of pruning_replay.json."""
+def pool_of(count, sample, rng):
+    """The curves one replayed search draws from: all of them, or `sample`
+    drawn at random (a set of hundreds, searched 42 at a time)."""
+    if sample is None or sample >= count:
+        return np.arange(count)
+    return rng.choice(count, size=sample, replace=False)
+
+
+def replay(curves, rule, orders=REPLAY_ORDERS, seed=0, epochs=None, sample=None):
+    """`rule` on `curves` taken in `orders` random orders (of `sample` of
+    them each, when given): for each, the epochs that would have been
+    trained and the best accuracy the pruned search would have found, beside
+    the best of its curves. Returns the figures of pruning_replay.json."""
     curves, epochs = prepared(curves, epochs)
-    full_best = max(storage.best_of(c) for c in curves)
+    bests_of = np.array([storage.best_of(c) for c in curves])
     rng = np.random.default_rng(seed)
-    trained, bests, pruned = [], [], []
+    trained, full, found, targets, pruned = [], [], [], [], []
     for _ in range(orders):
-        run, total, best = Run(rule, epochs, len(curves)), 0, -math.inf
-        for index in rng.permutation(len(curves)):
+        pool = pool_of(len(curves), sample, rng)
+        run, total, best = Run(rule, epochs, len(pool)), 0, -math.inf
+        for index in pool[rng.permutation(len(pool))]:
             ran = run.train(curves[index])
             total += len(ran)
             best = max(best, storage.best_of(ran))
         trained.append(total)
-        bests.append(best)
+        full.append(sum(len(curves[i]) for i in pool))
+        found.append(best)
+        targets.append(bests_of[pool].max())
         pruned.append(int(run.stopped[:run.count].sum()))
-    full = sum(len(c) for c in curves)
-    bests = np.asarray(bests)
+    found, targets = np.asarray(found), np.asarray(targets)
     return {
         "rule": rule.describe(),
-        "trials": len(curves),
+        "trials": len(curves) if sample is None else min(sample, len(curves)),
         "orders": orders,
         "seed": seed,
-        "epochs_full": int(full),
+        "epochs_full": int(round(np.mean(full))),
         "epochs_with_pruning_mean": float(np.mean(trained)),
-        "epochs_saved_fraction": float(1 - np.mean(trained) / full),
+        "epochs_saved_fraction": float(1 - np.mean(trained) / np.mean(full)),
         "pruned_trials_mean": float(np.mean(pruned)),
-        "best_accuracy_full": float(full_best),
-        "best_kept_fraction": float(np.mean(bests >= full_best)),
-        "worst_best_accuracy": float(bests.min()),
+        "best_accuracy_full": float(bests_of.max()),
+        "best_kept_fraction": float(np.mean(found >= targets)),
+        "worst_best_accuracy": float(found.min()),
     }
 
 
-def search_times(curves, rule, searches, seed, epochs):
+class Times(typing.NamedTuple):
+    """search_times' answer: per simulated search, the epochs until it held
+    the best trial of its curves (`exact`) and until it held one within
+    `within` of it (`near`), and how many searches never got there."""
+    exact: np.ndarray
+    near: np.ndarray
+    without_exact: int
+    without_near: int
+
+
+def search_times(curves, rule, searches, seed, epochs, within=WITHIN, sample=None):
     """Epochs until each of `searches` simulated searches holds the best
-    trial (see the module's doc); a search that has not found it after
-    MAX_DRAWS_PER_CURVE x len(curves) trials counts what it trained so far
-    (and is counted in `without_best`). Returns (times, without_best)."""
-    full_best = max(storage.best_of(c) for c in curves)
+    trial (see the module's doc), and a trial within `within` of it; a
+    search that has not found the best after MAX_DRAWS_PER_CURVE x (its)
+    curves trials counts what it trained so far (and is counted in
+    `without_exact`, and in `without_near` if it never came within)."""
+    bests_of = np.array([storage.best_of(c) for c in curves])
     rng = np.random.default_rng(seed)
-    times, without_best = [], 0
+    exact, near, without_exact, without_near = [], [], 0, 0
     for _ in range(searches):
-        run, total = Run(rule, epochs, 4 * len(curves)), 0
-        for index in rng.integers(len(curves), size=MAX_DRAWS_PER_CURVE * len(curves)):
+        pool = pool_of(len(curves), sample, rng)
+        target = bests_of[pool].max()
+        run, total, near_at = Run(rule, epochs, 4 * len(pool)), 0, None
+        for index in pool[rng.integers(len(pool), size=MAX_DRAWS_PER_CURVE * len(pool))]:
             ran = run.train(curves[index])
             total += len(ran)
-            if storage.best_of(ran) >= full_best:
+            best = storage.best_of(ran)
+            if near_at is None and best >= target - within:
+                near_at = total
+            if best >= target:
                 break
         else:
-            without_best += 1
-        times.append(total)
-    return np.asarray(times, dtype=float), without_best
+            without_exact += 1
+        if near_at is None:
+            without_near += 1
+        exact.append(total)
+        near.append(total if near_at is None else near_at)
+    return Times(np.asarray(exact, dtype=float), np.asarray(near, dtype=float),
+                 without_exact, without_near)
 
 
 class NoRule(pruning.Rule):
@@ -136,30 +180,39 @@ class NoRule(pruning.Rule):
         return np.full(table.shape[1], np.nan)
 
 
-def time_to_best(curves, rule, searches=SEARCHES, seed=0, epochs=None, baseline=None):
+def time_to_best(curves, rule, searches=SEARCHES, seed=0, epochs=None, baseline=None,
+                 within=WITHIN, sample=None):
     """Time to best under `rule` and without stopping (the same draws: the
     same seed), in epochs: {time_to_best_epochs_mean, ..._median,
-    time_to_best_no_pruning_epochs_mean, time_to_best_speedup, searches}.
-    `baseline`: the no-stopping times when already computed."""
+    time_to_best_no_pruning_epochs_mean, time_to_best_speedup, searches},
+    and the same to a trial within `within` of the best (time_within_...).
+    `baseline`: the no-stopping Times when already computed."""
     curves, epochs = prepared(curves, epochs)
-    with_rule, without_best = search_times(curves, rule, searches, seed, epochs)
+    mine = search_times(curves, rule, searches, seed, epochs, within, sample)
     if baseline is None:
-        baseline, _ = search_times(curves, NoRule(), searches, seed, epochs)
+        baseline = search_times(curves, NoRule(), searches, seed, epochs, within, sample)
     return {
-        "time_to_best_epochs_mean": float(with_rule.mean()),
-        "time_to_best_epochs_median": float(np.median(with_rule)),
-        "time_to_best_no_pruning_epochs_mean": float(baseline.mean()),
-        "time_to_best_no_pruning_epochs_median": float(np.median(baseline)),
-        "time_to_best_speedup": float(baseline.mean() / with_rule.mean()),
+        "time_to_best_epochs_mean": float(mine.exact.mean()),
+        "time_to_best_epochs_median": float(np.median(mine.exact)),
+        "time_to_best_no_pruning_epochs_mean": float(baseline.exact.mean()),
+        "time_to_best_no_pruning_epochs_median": float(np.median(baseline.exact)),
+        "time_to_best_speedup": float(baseline.exact.mean() / mine.exact.mean()),
         "searches": searches,
-        "searches_without_best_fraction": without_best / searches,
+        "searches_without_best_fraction": mine.without_exact / searches,
+        "within": within,
+        "time_within_epochs_mean": float(mine.near.mean()),
+        "time_within_no_pruning_epochs_mean": float(baseline.near.mean()),
+        "time_within_speedup": float(baseline.near.mean() / mine.near.mean()),
+        "searches_without_within_fraction": mine.without_near / searches,
     }
 
 
-def judge(curves, rule, orders=REPLAY_ORDERS, searches=SEARCHES, seed=0, baseline=None):
+def judge(curves, rule, orders=REPLAY_ORDERS, searches=SEARCHES, seed=0, baseline=None,
+          within=WITHIN, sample=None):
     """Both replays of `rule`: the keys of pruning_replay.json."""
-    return {**replay(curves, rule, orders, seed),
-            **time_to_best(curves, rule, searches, seed, baseline=baseline)}
+    return {**replay(curves, rule, orders, seed, sample=sample),
+            **time_to_best(curves, rule, searches, seed, baseline=baseline, within=within,
+                           sample=sample)}
 
 
 # Measured the same way beside the project's rules: what users of Optuna and
@@ -186,20 +239,20 @@ def rules_to_compare(chosen, defaults):
     return unique
 
 
-def baseline_times(curves, searches=SEARCHES, seed=0):
-    """The no-stopping search times that every rule's speed-up divides: the
+def baseline_times(curves, searches=SEARCHES, seed=0, within=WITHIN, sample=None):
+    """The no-stopping search Times that every rule's speed-up divides: the
     same for every rule replayed with the same searches and seed."""
     prepared_curves, epochs = prepared(curves, None)
-    return search_times(prepared_curves, NoRule(), searches, seed, epochs)[0]
+    return search_times(prepared_curves, NoRule(), searches, seed, epochs, within, sample)
 
 
 def compare(curves, chosen, defaults, orders=REPLAY_ORDERS, searches=SEARCHES, seed=0,
-            baseline=None):
+            baseline=None, within=WITHIN, sample=None):
     """judge() of every row of rules_to_compare, with one shared baseline:
     [(key, label, figures)]."""
     if baseline is None:
-        baseline = baseline_times(curves, searches, seed)
-    return [(key, label, judge(curves, rule, orders, searches, seed, baseline))
+        baseline = baseline_times(curves, searches, seed, within, sample)
+    return [(key, label, judge(curves, rule, orders, searches, seed, baseline, within, sample))
             for key, label, rule in rules_to_compare(chosen, defaults)]
 
 

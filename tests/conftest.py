@@ -114,6 +114,21 @@ def mongo_server():
 
 
 @pytest.fixture
+def own_mongo():
+    """(server process, URL) of a test server of this test's own, which the
+    test may pause (SIGSTOP) or kill without harming the others."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(SUPPORT / "mongo_test_server.py"),
+                               "--port", str(port)], stdout=subprocess.DEVNULL)
+    wait_for_mongo(f"mongodb://127.0.0.1:{port}")
+    yield server, f"mongodb://127.0.0.1:{port}/hks_own"
+    if server.poll() is None:
+        server.send_signal(signal.SIGCONT)
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture
 def mongo_url(mongo_server):
     """A --mongo value naming a database of this test's own."""
     base, _, query = mongo_server.partition("?")

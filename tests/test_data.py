@@ -14,7 +14,7 @@ import pytest
 
 import neural_net
 from conftest import N_TEST, N_TRAIN
-from hks.core import flags
+from hks.core import flags, storage
 from hks.data import cifar_archives, dataset, synthetic_data
 
 
@@ -118,7 +118,7 @@ def test_unofficial_archive_gets_a_one_line_notice(cifar_dir, tmp_path, capsys):
 
 def test_official_archive_is_recognised(cifar_dir, tmp_path, capsys, monkeypatch):
     shutil.copy(cifar_dir / "cifar-100-python.tar.gz", tmp_path)
-    digest = cifar_archives.sha256_of(tmp_path / "cifar-100-python.tar.gz")
+    digest = storage.sha256_of(tmp_path / "cifar-100-python.tar.gz")
     make_official(monkeypatch, digest)
     load(tmp_path, tmp_path)
     assert "is the official archive" in capsys.readouterr().out

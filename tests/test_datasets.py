@@ -75,7 +75,7 @@ def test_cifar10_rows_become_images_pixel_by_pixel(tmp_path):
 def test_official_cifar10_archive_is_recognised_and_decoded_once(tmp_path, capsys, monkeypatch):
     archive = write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz")
     monkeypatch.setitem(cifar_archives.ARCHIVES, "cifar10", dataclasses.replace(
-        cifar_archives.ARCHIVES["cifar10"], sha256=cifar_archives.sha256_of(archive)))
+        cifar_archives.ARCHIVES["cifar10"], sha256=storage.sha256_of(archive)))
     config = settings("cifar10", tmp_path, data_dir=str(tmp_path))
     dataset.load_dataset(config)
     assert "CIFAR-10: " in capsys.readouterr().out

@@ -165,7 +165,7 @@ def test_the_driver_keeps_the_k_best_models_and_deletes_the_fallen(handle, tmp_p
 
 
 def test_the_live_view_shows_the_queue_and_the_running_trials(handle, mongo_url, tmp_path,
-                                                             capsys):
+                                                              capsys):
     done = running_job(handle, 0)
     finish_job(handle, done, result_of(0.5, "aaaaa"))
     running = running_job(handle, 1, owner="box2:77:cccc")
@@ -311,7 +311,8 @@ def store_pause_env(env, megabytes):
 
 
 def our_chunks(mongo_db):
-    return mongo_db.fs.chunks.count_documents({"files_id": {"$regex": f"^{mongo_files.ID_PREFIX}:"}})
+    ours = {"$regex": f"^{mongo_files.ID_PREFIX}:"}
+    return mongo_db.fs.chunks.count_documents({"files_id": ours})
 
 
 @pytest.mark.slow
@@ -343,20 +344,6 @@ def test_a_worker_killed_while_it_stores_a_model_leaves_no_chunks(tmp_path, mong
     assert {a[1] for a in job["_attachments"]} <= files
     assert set(mongo_db.fs.chunks.distinct("files_id")) <= files  # no lone chunk left
     assert len(list((tmp_path / "results" / "models").glob("*.keras"))) == 1
-
-
-@pytest.fixture
-def own_mongo():
-    from conftest import SUPPORT, free_port, wait_for_mongo
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(SUPPORT / "mongo_test_server.py"),
-                               "--port", str(port)], stdout=subprocess.DEVNULL)
-    wait_for_mongo(f"mongodb://127.0.0.1:{port}")
-    yield server, f"mongodb://127.0.0.1:{port}/hks_store"
-    if server.poll() is None:
-        server.send_signal(signal.SIGCONT)
-        server.terminate()
-        server.wait(timeout=10)
 
 
 @pytest.mark.slow

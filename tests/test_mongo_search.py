@@ -316,22 +316,6 @@ def test_a_result_file_written_before_the_trial_was_taken_away_is_removed(tmp_pa
     assert handle.in_trial["_id"] is None
 
 
-@pytest.fixture
-def own_mongo():
-    """(server process, URL) of a test server of this test's own, which the
-    test may pause or kill without harming the others."""
-    from conftest import free_port, wait_for_mongo
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(SUPPORT / "mongo_test_server.py"),
-                               "--port", str(port)], stdout=subprocess.DEVNULL)
-    wait_for_mongo(f"mongodb://127.0.0.1:{port}")
-    yield server, f"mongodb://127.0.0.1:{port}/hks_outage"
-    if server.poll() is None:
-        server.send_signal(signal.SIGCONT)
-        server.terminate()
-        server.wait(timeout=10)
-
-
 @pytest.mark.slow
 def test_a_paused_mongodb_is_ridden_out_without_requeue_or_traceback(tmp_path, own_mongo, env,
                                                                      cifar_dir):

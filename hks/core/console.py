@@ -24,7 +24,7 @@ def say_once(key, text, notices=True):
 
 def raise_interrupt(signum, frame):
     """SIGTERM (kill, docker stop) stops like Ctrl-C: install with
-    signal.signal(signal.SIGTERM, utils.raise_interrupt)."""
+    signal.signal(signal.SIGTERM, console.raise_interrupt)."""
     raise KeyboardInterrupt
 
 

@@ -4,6 +4,7 @@ each trial, its name, and the best of them. Imports nothing else of the
 project and no Keras."""
 
 import glob
+import hashlib
 import json
 import math
 import os
@@ -68,6 +69,15 @@ def atomic_write(path, data):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def sha256_of(path):
+    """A file's SHA-256, read a megabyte at a time (archives, kept models)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_pickle(obj, path):

@@ -139,14 +139,6 @@ def source_signature(source, archive=ARCHIVES["cifar100"]):
     return ";".join(f"{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.exists())
 
 
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def decoded_cache_path(source):
     return source.with_name(source.name.removesuffix(".tar.gz") + DECODED_CACHE_SUFFIX)
 
@@ -162,7 +154,7 @@ def read_archive(archive, source, notices=True):
         say(f"{archive.title}: {cached[3]} (decoded copy {cache.name})", flush=True)
         return cached[:3]
     if source.is_file():
-        digest = sha256_of(source)
+        digest = storage.sha256_of(source)
         if digest == archive.sha256:
             verdict = f"{source} is the official archive (SHA-256 matches)"
         else:

@@ -51,18 +51,10 @@ def parse_file_id(value):
         return None
 
 
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def models_of(job):
     """{attachment name: file id} of a job's stored model, {} when it has none."""
-    attached = {name: fid for name, fid in job.get("_attachments") or []}
-    return attached if all(name in attached for name in STORED) else {}
+    attached = {name: fid for name, fid in job.get("_attachments") or [] if name in STORED}
+    return attached if len(attached) == len(STORED) else {}
 
 
 # ------------------------------------------------------- the worker ----
@@ -87,9 +79,9 @@ def store_model(handle, job, owner, model_file):
     for name, path in paths.items():
         fid = file_id(job["_id"], name, owner, attempt)
         with open(path, "rb") as f:
-            gfs.put(f, _id=fid, filename=f"{job['_id']}_{name}",
-                    metadata={"exp_key": job.get("exp_key"), "tid": job.get("tid"),
-                              "owner": owner, "file": path.name, "sha256": sha256_of(path)})
+            gfs.put(f, _id=fid, filename=f"{job['_id']}_{name}", metadata={
+                "exp_key": job.get("exp_key"), "tid": job.get("tid"), "owner": owner,
+                "file": path.name, "sha256": storage.sha256_of(path)})
         stored.append([name, fid])
         size += path.stat().st_size
     attached = [a for a in job.get("_attachments") or [] if a[0] not in STORED] + stored
@@ -113,19 +105,17 @@ def bring_results(jobs, exp_key, results_dir, written):
     for job in jobs.find({"exp_key": exp_key, "state": JOB_STATE_DONE,
                           "tid": {"$nin": sorted(written)}},
                          projection=["tid", "result", "refresh_time"]):
-        written.add(job["tid"])
         result = job.get("result")
-        if not isinstance(result, dict) or not isinstance(result.get("model_name"), str):
-            continue
-        path = storage.result_path(result, results_dir)
-        text = storage.result_to_json(result) + "\n"
-        if path.is_file() and path.read_text(encoding="utf-8") == text:
-            continue
-        storage.atomic_write(path, text)
-        if isinstance(job.get("refresh_time"), datetime.datetime):
-            when = job["refresh_time"].replace(tzinfo=datetime.timezone.utc).timestamp()
-            os.utime(path, (when, when))
-        new.append(path)
+        if isinstance(result, dict) and isinstance(result.get("model_name"), str):
+            path = storage.result_path(result, results_dir)
+            text = storage.result_to_json(result) + "\n"
+            if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+                storage.atomic_write(path, text)
+                if isinstance(job.get("refresh_time"), datetime.datetime):
+                    when = job["refresh_time"].replace(tzinfo=datetime.timezone.utc).timestamp()
+                    os.utime(path, (when, when))
+                new.append(path)
+        written.add(job["tid"])  # after the file: one that failed is tried again
     return new
 
 
@@ -179,7 +169,7 @@ def copy_model(gfs, stored, results_dir, model_name):
         except gridfs.NoFile:  # listed, but its file is gone: nothing to copy
             return False
         wanted[name] = ((out.metadata or {}).get("sha256"), out)
-    if all(targets[n].is_file() and sha256_of(targets[n]) == digest
+    if all(targets[n].is_file() and storage.sha256_of(targets[n]) == digest
            for n, (digest, _) in wanted.items()):
         return False
     for name in (INFO, MODEL):
@@ -215,8 +205,8 @@ def collect_garbage(handle, exp_key):
         if parsed is None:
             continue
         job_id, _, owner = parsed
-        job = jobs.find_one({"_id": job_id}, projection=["exp_key", "state", "owner",
-                                                          "_attachments"])
+        job = jobs.find_one({"_id": job_id},
+                            projection=["exp_key", "state", "owner", "_attachments"])
         if job is not None and job.get("exp_key") != exp_key:
             continue  # another experiment's driver looks after it
         state = None if job is None else job.get("state")

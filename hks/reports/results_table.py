@@ -31,35 +31,34 @@ def read_results(results_dir):
     """Every *.txt.json of the folder, oldest first (see trial_order).
     Returns (trials, skipped): trials are dicts with the file's `path`,
     `mtime` and `result`; skipped are (path, reason) of unusable files."""
-    trials, skipped = [], []
+    read, skipped = [], []
     for name in storage.result_files(results_dir):
         path = Path(name)
         try:
-            result = storage.load_json_result(path)
-            mtime = path.stat().st_mtime
+            read.append((storage.load_json_result(path), path.stat().st_mtime, path))
         except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
             skipped.append((path, f"not readable JSON ({err})"))
-            continue
-        problem = result_problem(result)
-        if problem:
-            skipped.append((path, problem))
-        else:
-            trials.append({"path": path, "mtime": mtime, "result": result})
-    return trial_order(trials), skipped
+    return usable(read, skipped)
 
 
 def results_as_trials(results):
     """read_results' (trials, skipped) for results that are no files (an
     experiment's in MongoDB): [(result, seconds since the epoch it finished)];
     each trial's `path` is the name its result file has."""
-    trials, skipped = [], []
-    for result, when in results:
-        path = Path(f"{result.get('model_name')}{storage.RESULT_SUFFIX}")
+    return usable([(result, when, Path(f"{result.get('model_name')}{storage.RESULT_SUFFIX}"))
+                   for result, when in results], [])
+
+
+def usable(read, skipped):
+    """(trials, skipped) of [(result, mtime, path)]: the trial results in
+    the order trial_order gives, the others added to `skipped` with why."""
+    trials = []
+    for result, mtime, path in read:
         problem = result_problem(result)
         if problem:
             skipped.append((path, problem))
         else:
-            trials.append({"path": path, "mtime": when, "result": result})
+            trials.append({"path": path, "mtime": mtime, "result": result})
     return trial_order(trials), skipped
 
 

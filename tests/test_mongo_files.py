@@ -306,32 +306,43 @@ def test_the_live_view_shows_a_trial_training_with_its_epoch(tmp_path, mongo_url
     assert 0 <= float(row[3]) <= 1 and float(row[4]) < 10, seen[-1]
 
 
-def store_pause_env(env, megabytes):
-    return dict(env, HKS_TEST_MODEL_MB=str(megabytes))
+def big_model_env(env):
+    """Stand-in models of BIG_MODEL_MB: a store that lasts long enough (a few
+    tenths of a second) for a test polling every STORING_POLL_S to act in it."""
+    return dict(env, HKS_TEST_MODEL_MB=str(BIG_MODEL_MB))
 
 
-def our_chunks(mongo_db):
+BIG_MODEL_MB = 40
+STORING_POLL_S = 0.005
+
+
+def storing(mongo_db):
+    """Whether a chunk of a kept model is in GridFS (one read, no count: it
+    is polled while the chunks are written)."""
     ours = {"$regex": f"^{mongo_files.ID_PREFIX}:"}
-    return mongo_db.fs.chunks.count_documents({"files_id": ours})
+    return mongo_db.fs.chunks.find_one({"files_id": ours}, projection=["_id"]) is not None
 
 
 @pytest.mark.slow
 def test_a_worker_killed_while_it_stores_a_model_leaves_no_chunks(tmp_path, mongo_url, mongo_db,
                                                                   env, cifar_dir):
-    """Killed (kill -9) with half its model's chunks in GridFS: once the
+    """Killed (kill -9) with part of its model's chunks in GridFS: once the
     driver has looked again (its trial requeued), the chunks are gone; the
     trial is run again by the other worker, whose model is stored whole."""
-    big = store_pause_env(env, 150)
+    big = big_model_env(env)
     log = tmp_path / "driver.log"
     driver = start_driver("fake_model", mongo_url, big, log, "--max-evals", "1",
                           "--stale-after", "3", "--keep-models", "2")
     victim = start_worker(mongo_url, big, tmp_path / "w1", cifar_dir)
     other = None
     try:
-        wait_until(lambda: our_chunks(mongo_db) > 0, 120, "a model being stored")
+        wait_until(lambda: storing(mongo_db), 120, "a model being stored",
+                   every=STORING_POLL_S)
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=10)
-        assert our_chunks(mongo_db) > 0 and mongo_db.fs.files.count_documents({}) <= 2
+        model_files = {"_id": {"$regex": f"^{mongo_files.ID_PREFIX}:.*:{mongo_files.MODEL}:"}}
+        assert storing(mongo_db), "killed before it stored anything"
+        assert mongo_db.fs.files.count_documents(model_files) == 0, "killed after its store"
         other = start_worker(mongo_url, big, tmp_path / "w2", cifar_dir)
         output = finish(driver, log, timeout=300)
     finally:
@@ -356,13 +367,14 @@ def test_mongodb_frozen_while_a_model_is_stored_loses_neither_result_nor_model(
     server, url = own_mongo
     client = pymongo.MongoClient(url)
     db = client.get_default_database()
-    big = store_pause_env(env, 150)
+    big = big_model_env(env)
     log = tmp_path / "driver.log"
     driver = start_driver("fake_model", url, big, log, "--max-evals", "1", "--stale-after", "4",
                           "--outage-grace", "120", "--keep-models", "2")
     worker = start_worker(url, big, tmp_path / "w1", cifar_dir, "--outage-grace", "120")
     try:
-        wait_until(lambda: our_chunks(db) > 0, 120, "a model being stored")
+        wait_until(lambda: storing(db), 120, "a model being stored",
+                   every=STORING_POLL_S)
         server.send_signal(signal.SIGSTOP)
         time.sleep(25)
         server.send_signal(signal.SIGCONT)

@@ -85,13 +85,13 @@ def test_two_workers_train_the_requested_trials(tmp_path, mongo_db, experiment):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rule, settings", [
-    ("median", ["--prune-startup", "1", "--prune-warmup", "0"]),
+    ("median", ["--prune", "median", "--prune-startup", "1", "--prune-warmup", "0"]),
     ("asha", ["--prune", "asha", "--asha-grace", "1", "--asha-reduction", "2"])])
 def test_a_worker_prunes_with_the_curves_another_worker_produced(tmp_path, mongo_url, mongo_db,
                                                                  env, cifar_dir, rule, settings):
     """Worker 1 finishes two trials of perfect accuracy (stand-ins); worker
-    2, started after it, trains real trials under the rule (median, the
-    default, or asha), reads those curves from MongoDB and stops each one at
+    2, started after it, trains real trials under the rule (median, or asha,
+    the default), reads those curves from MongoDB and stops each one at
     the first epoch."""
     log = tmp_path / "driver.log"
     driver = start_driver("perfect_on_first_worker", mongo_url, env, log, "--max-evals", "4",
@@ -147,7 +147,7 @@ def test_workers_sharing_a_results_folder_keep_the_best_models_of_the_experiment
     assert [info["fine_best_accuracy"] for _, info in kept] == pytest.approx(best)
     names = {job["result"]["model_name"] for job in done}
     assert {path.stem for path, _ in kept} <= names
-    assert "The models of the 2 best trials are kept in the models/ folder" in output
+    assert "Kept the models of the 2 best trials in results/models/" in output
 
 
 def test_the_driver_ends_the_search_after_n_trials_without_a_new_best(mongo_db, experiment):

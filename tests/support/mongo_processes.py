@@ -50,10 +50,10 @@ def stop(workers):
             worker.kill()
 
 
-def wait_until(condition, timeout, what):
+def wait_until(condition, timeout, what, every=0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
-        time.sleep(0.1)
+        time.sleep(every)
     pytest.fail(f"timed out after {timeout} s waiting for {what}")

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import gridfs
 import pytest
@@ -22,7 +21,7 @@ from conftest import ROOT
 from hks.core import storage
 from hks.mongo import mongo_compat, mongo_files, mongo_search, mongo_settings
 from hks.trials import kept_models
-from mongo_processes import finish, start_driver, start_worker, stop, wait_until
+from mongo_processes import finish, freeze, start_driver, start_worker, stop, wait_until
 
 
 @pytest.fixture
@@ -375,12 +374,9 @@ def test_mongodb_frozen_while_a_model_is_stored_loses_neither_result_nor_model(
     try:
         wait_until(lambda: storing(db), 120, "a model being stored",
                    every=STORING_POLL_S)
-        server.send_signal(signal.SIGSTOP)
-        time.sleep(25)
-        server.send_signal(signal.SIGCONT)
+        freeze(server, 25)
         output = finish(driver, log, timeout=300)
     finally:
-        server.send_signal(signal.SIGCONT)
         stop([driver, worker])
     worker_log = (tmp_path / "w1" / "worker.log").read_text()
     assert driver.returncode == 0, output + worker_log

@@ -14,7 +14,7 @@ import pytest
 from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_RUNNING
 
 from conftest import ROOT, SUPPORT
-from mongo_processes import finish, start_driver, start_worker, stop, wait_until
+from mongo_processes import finish, freeze, start_driver, start_worker, stop, wait_until
 
 
 @pytest.fixture
@@ -333,12 +333,9 @@ def test_a_paused_mongodb_is_ridden_out_without_requeue_or_traceback(tmp_path, o
         wait_until(lambda: list((tmp_path / "w1" / "results").glob("started-*")), 120,
                    "the worker to start a trial")
         time.sleep(1.0)
-        server.send_signal(signal.SIGSTOP)
-        time.sleep(25)
-        server.send_signal(signal.SIGCONT)
+        freeze(server, 25)
         output = finish(driver, log, timeout=240)
     finally:
-        server.send_signal(signal.SIGCONT)
         stop([driver, worker])
     worker_log = (tmp_path / "w1" / "worker.log").read_text()
     assert driver.returncode == 0, output + worker_log

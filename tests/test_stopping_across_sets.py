@@ -145,9 +145,7 @@ def test_searches_of_a_sample_draw_their_own_best():
 
 def test_the_learned_rules_table_is_recomputed_from_the_fixtures():
     shipped = json.loads(learned.TABLE_FILE.read_text())
-    again = learned.fit([CURVES / name for name in shipped["fitted_on"]],
-                        quantile=shipped["quantile"], seed=shipped["seed"],
-                        peers=shipped["peers"] if shipped["peers"] is not None else float("inf"))
+    again = learned.refit([CURVES / name for name in shipped["fitted_on"]], like=shipped)
     assert again == shipped
     assert not set(shipped["fitted_on"]) & {"original-results"}  # never the original's 42
 

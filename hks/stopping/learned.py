@@ -51,9 +51,13 @@ class LearnedRule(pruning.Rule):
     reads_stopped: typing.ClassVar[bool] = False
 
     @classmethod
-    def shipped(cls, startup=1):
-        table = json.loads(TABLE_FILE.read_text())
+    def of(cls, table, startup=1):
+        """The rule of a fitted table (fit's JSON)."""
         return cls(tuple(table["shares"]), tuple(table["gaps"]), startup)
+
+    @classmethod
+    def shipped(cls, startup=1):
+        return cls.of(shipped_table(), startup)
 
     def describe(self):
         return {"name": self.name, "startup": self.startup,
@@ -130,6 +134,18 @@ def fit(files, quantile=QUANTILE, seed=SEED, peers=None):
             "as_good": AS_GOOD, "peers": None if math.isinf(peers) else peers,
             "quantile": quantile, "seed": seed,
             "pairs_per_file": PAIRS_PER_SET, "fitted_on": sources}
+
+
+def shipped_table():
+    return json.loads(TABLE_FILE.read_text())
+
+
+def refit(files, like):
+    """The table fitted again on `files`, with the settings of table `like`
+    (its quantile, seed and peers): the shipped table's check, and its
+    refits without one of its files."""
+    peers = math.inf if like["peers"] is None else like["peers"]
+    return fit(files, quantile=like["quantile"], seed=like["seed"], peers=peers)
 
 
 def weighted_quantile(values, weights, q):

@@ -140,16 +140,15 @@ def learned_held_out(sets, plan, baselines):
     """The learned rule refitted on its files less one, judged on that one:
     its figures on a set it was not fitted on ({set: figures}); the sets it
     never was fitted on (the original, the late drops) need no refit."""
-    shipped = json.loads(learned.TABLE_FILE.read_text())
+    shipped = learned.shipped_table()
     rows = {}
     for name, (file, _) in PUBLIC.items():
         if file not in shipped["fitted_on"]:
             continue
-        table = learned.fit([CURVES_DIR / f for f in shipped["fitted_on"] if f != file],
-                            quantile=shipped["quantile"], seed=shipped["seed"],
-                            peers=shipped["peers"] if shipped["peers"] is not None else math.inf)
-        rule = learned.LearnedRule(tuple(table["shares"]), tuple(table["gaps"]))
-        rows[name] = judge(sets[name], rule, name, plan, baselines[name])
+        table = learned.refit([CURVES_DIR / f for f in shipped["fitted_on"] if f != file],
+                              like=shipped)
+        rows[name] = judge(sets[name], learned.LearnedRule.of(table), name, plan,
+                           baselines[name])
     return rows
 
 

@@ -238,15 +238,6 @@ def summary(results_dir, keep):
             f"predict.py --results-dir {results_dir} IMAGE_OR_FOLDER")
 
 
-def workers_summary(keep):
-    """The MongoDB driver's line: each worker keeps its own trials' models."""
-    if not keep:
-        return "No model kept (--keep-models 0)."
-    return (f"The models of the {keep} best trials are kept in the {MODELS_DIR}/ folder of "
-            "the results folder of the worker that ran each (with docker-compose, "
-            f"results/{MODELS_DIR}/; docs/mongodb.md says how to gather them).")
-
-
 def predict(model, images, batch_size, names):
     """{output name: probabilities} of `images`, in batches, with progress on stderr."""
     outputs = {name: [] for name in names}

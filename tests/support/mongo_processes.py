@@ -50,6 +50,15 @@ def stop(workers):
             worker.kill()
 
 
+def freeze(server, seconds):
+    """MongoDB paused (SIGSTOP) for `seconds`, then woken, whatever happens."""
+    server.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        server.send_signal(signal.SIGCONT)
+
+
 def wait_until(condition, timeout, what, every=0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
